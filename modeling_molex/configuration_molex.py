@@ -1,0 +1,151 @@
+"""`MoLExConfig`: the frozen SSL backbone's config, the expert adapter and the back-end, in one `config.json`."""
+
+from typing import Any
+
+from transformers import AutoConfig, PretrainedConfig
+
+from .adapter_config import MoLExAdapterConfig
+
+
+SUPPORTED_BACKBONES = ("wav2vec2", "hubert", "wavlm", "data2vec-audio")
+POOLING_TYPES = ("attentive_stats", "mean")
+ID2LABEL = {0: "spoof", 1: "bonafide"}
+
+
+class MoLExConfig(PretrainedConfig):
+    """Configuration of [`MoLExForAudioClassification`].
+
+    Args:
+        backbone_config (`PretrainedConfig` or `dict`, *optional*):
+            Config of the speech SSL encoder (wav2vec2 / XLS-R, HuBERT, WavLM, data2vec-audio). A dict needs a
+            `model_type`. Defaults to a `Wav2Vec2Config()`. Its `layerdrop` is forced to 0: skipping whole blocks
+            at random breaks routing statistics and DDP, and the backbone is frozen anyway.
+        adapter (`MoLExAdapterConfig` or `dict`, *optional*):
+            Where the LoRA experts sit and how they are routed. Defaults to `MoLExAdapterConfig()`.
+        backbone_name_or_path (`str`, *optional*):
+            Hub id or folder the backbone weights came from (recorded for model cards and expert export).
+        use_weighted_layer_sum (`bool`, defaults to `True`):
+            Feed the back-end a softmax-weighted sum of all hidden states (CNN projection + every block) instead of
+            the last block only. Anti-spoofing cues live in lower SSL layers.
+        train_layer_weights (`bool`, defaults to `True`):
+            Whether the layer weights of the weighted sum are trained.
+        pooling (`str`, defaults to `"attentive_stats"`):
+            `"attentive_stats"` (masked attentive statistics pooling: weighted mean and std) or `"mean"` (masked mean).
+        attention_hidden_size (`int`, defaults to 128):
+            Hidden size of the attention scorer in attentive statistics pooling.
+        head_hidden_size (`int`, defaults to 128):
+            Hidden size of the two-layer classification MLP.
+        head_dropout (`float`, defaults to 0.1):
+            Dropout before each layer of the classification MLP.
+        class_weights (`list[float]`, *optional*):
+            Cross-entropy weights `[spoof, bonafide]`; ASVspoof training sets are ~9:1 spoof-heavy.
+        calibration (`dict`, *optional*):
+            `{"scale": a, "bias": b}` mapping the raw score `logit[bonafide] - logit[spoof]` to a calibrated
+            log-likelihood ratio `a * score + b` (fitted on dev by the training script). Needed for actDCF/Cllr.
+        sampling_rate (`int`, defaults to 16000):
+            Sampling rate the backbone expects; written to `preprocessor_config.json`.
+        normalize_audio (`bool`, defaults to `True`):
+            Zero-mean/unit-variance normalisation per clip in the feature extractor (as the backbone was trained).
+        initializer_range (`float`, defaults to 0.02):
+            Std of the normal init of routers and head.
+    """
+
+    model_type = "molex"
+
+    def __init__(
+        self,
+        backbone_config: PretrainedConfig | dict | None = None,
+        adapter: MoLExAdapterConfig | dict | None = None,
+        backbone_name_or_path: str | None = None,
+        use_weighted_layer_sum: bool = True,
+        train_layer_weights: bool = True,
+        pooling: str = "attentive_stats",
+        attention_hidden_size: int = 128,
+        head_hidden_size: int = 128,
+        head_dropout: float = 0.1,
+        class_weights: list[float] | None = None,
+        calibration: dict[str, float] | None = None,
+        sampling_rate: int = 16000,
+        normalize_audio: bool = True,
+        initializer_range: float = 0.02,
+        **kwargs: Any,
+    ):
+        self.backbone_config = _build_backbone_config(backbone_config)
+        self.adapter = _build_adapter_config(adapter)
+        self.backbone_name_or_path = backbone_name_or_path
+        self.use_weighted_layer_sum = use_weighted_layer_sum
+        self.train_layer_weights = train_layer_weights
+        self.pooling = pooling
+        self.attention_hidden_size = attention_hidden_size
+        self.head_hidden_size = head_hidden_size
+        self.head_dropout = head_dropout
+        self.class_weights = list(class_weights) if class_weights is not None else None
+        self.calibration = dict(calibration) if calibration is not None else None
+        self.sampling_rate = sampling_rate
+        self.normalize_audio = normalize_audio
+        self.initializer_range = initializer_range
+        kwargs["id2label"] = dict(ID2LABEL)
+        kwargs["label2id"] = {label: index for index, label in ID2LABEL.items()}
+        kwargs.pop("num_labels", None)
+        super().__init__(**kwargs)
+        self._validate()
+
+    def _validate(self) -> None:
+        if self.pooling not in POOLING_TYPES:
+            raise ValueError(f"`pooling` must be one of {POOLING_TYPES}, got {self.pooling!r}")
+        for name in ("attention_hidden_size", "head_hidden_size", "sampling_rate"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"`{name}` must be a positive int, got {value!r}")
+        if not 0.0 <= self.head_dropout < 1.0:
+            raise ValueError(f"`head_dropout` must be in [0, 1), got {self.head_dropout!r}")
+        if self.class_weights is not None and (
+            len(self.class_weights) != 2 or any(w <= 0 for w in self.class_weights)
+        ):
+            raise ValueError(f"`class_weights` must be two positive numbers [spoof, bonafide], got {self.class_weights}")
+        if self.calibration is not None and set(self.calibration) != {"scale", "bias"}:
+            raise ValueError(f"`calibration` must be a dict with keys 'scale' and 'bias', got {self.calibration}")
+        hidden_layers = self.backbone_config.num_hidden_layers
+        layers = self.adapter.layers_to_transform
+        if layers is not None and max(layers) >= hidden_layers:
+            raise ValueError(
+                f"`adapter.layers_to_transform` {layers} names a block >= backbone num_hidden_layers={hidden_layers}"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        output = super().to_dict()
+        output["adapter"] = self.adapter.to_dict()
+        return output
+
+
+def _build_backbone_config(backbone_config: PretrainedConfig | dict | None) -> PretrainedConfig:
+    if backbone_config is None:
+        backbone_config = AutoConfig.for_model("wav2vec2")
+    elif isinstance(backbone_config, dict):
+        backbone_config = dict(backbone_config)
+        model_type = backbone_config.pop("model_type", None)
+        if model_type is None:
+            raise ValueError("`backbone_config` given as a dict needs a `model_type` (e.g. 'wav2vec2')")
+        backbone_config.pop("transformers_version", None)
+        backbone_config = AutoConfig.for_model(model_type, **backbone_config)
+    elif not isinstance(backbone_config, PretrainedConfig):
+        raise ValueError(f"`backbone_config` must be a PretrainedConfig or a dict, got {type(backbone_config)}")
+    if backbone_config.model_type not in SUPPORTED_BACKBONES:
+        raise ValueError(
+            f"`backbone_config.model_type` is {backbone_config.model_type!r}; MoLEx supports {SUPPORTED_BACKBONES}"
+        )
+    backbone_config.layerdrop = 0.0
+    return backbone_config
+
+
+def _build_adapter_config(adapter: MoLExAdapterConfig | dict | None) -> MoLExAdapterConfig:
+    if adapter is None:
+        return MoLExAdapterConfig()
+    if isinstance(adapter, dict):
+        return MoLExAdapterConfig.from_dict(adapter)
+    if isinstance(adapter, MoLExAdapterConfig):
+        return adapter
+    # Remote code loaded twice gives two MoLExAdapterConfig classes: accept any object with the same fields.
+    if hasattr(adapter, "to_dict"):
+        return MoLExAdapterConfig.from_dict(adapter.to_dict())
+    raise ValueError(f"`adapter` must be a MoLExAdapterConfig or a dict, got {type(adapter)}")

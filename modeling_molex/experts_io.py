@@ -1,0 +1,228 @@
+"""Expert packs on disk: each expert a standard PEFT LoRA folder, plus what MoLEx needs to route to them.
+
+    <pack>/adapter_config.json      MoLExAdapterConfig of the pack (peft_type "MOLEX")
+    <pack>/index.json               experts, their pack, router column, modules, rank; the backbone they fit
+    <pack>/router.safetensors       router rows of these experts, one tensor per router
+    <pack>/expert_<i>/adapter_config.json + adapter_model.safetensors   plain PEFT LoRA (peft_type "LORA")
+
+A model saved with `save_pretrained` holds its experts as such a pack under `experts/`. A single expert folder loads
+onto the vanilla backbone with `PeftModel.from_pretrained(backbone, folder)` and reproduces that expert at gate 1.
+"""
+
+import json
+import os
+import shutil
+import tempfile
+from typing import TYPE_CHECKING
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from .adapter_config import ADAPTER_CONFIG_NAME, MoLExAdapterConfig
+
+
+if TYPE_CHECKING:
+    from .modeling_molex import MoLExForAudioClassification
+
+INDEX_NAME = "index.json"
+ROUTER_WEIGHTS_NAME = "router.safetensors"
+PEFT_WEIGHTS_NAME = "adapter_model.safetensors"
+PACK_FORMAT = "molex-expert-pack"
+HUB_PACK_PATTERNS = [
+    f"{name}" for name in (ADAPTER_CONFIG_NAME, INDEX_NAME, ROUTER_WEIGHTS_NAME)
+] + [f"*/{name}" for name in (ADAPTER_CONFIG_NAME, INDEX_NAME, ROUTER_WEIGHTS_NAME, PEFT_WEIGHTS_NAME)]
+
+
+def peft_lora_config(adapter: MoLExAdapterConfig, module_paths: list[str]) -> dict:
+    """A `LoraConfig`-compatible dict: stock peft loads it onto the vanilla backbone."""
+    return {
+        "peft_type": "LORA",
+        "task_type": None,
+        "base_model_name_or_path": adapter.base_model_name_or_path,
+        "revision": None,
+        "inference_mode": True,
+        "r": adapter.r,
+        "lora_alpha": adapter.lora_alpha,
+        "lora_dropout": adapter.lora_dropout,
+        # Full module paths: peft matches list entries as suffixes, so these hit exactly the adapted linears.
+        "target_modules": sorted(module_paths),
+        "bias": "none",
+        "fan_in_fan_out": False,
+        "use_rslora": False,
+        "use_dora": False,
+        "init_lora_weights": True,
+        "modules_to_save": None,
+    }
+
+
+def _resolve_names(adapter: MoLExAdapterConfig, names: list[str] | None) -> list[int]:
+    expert_names, packs = adapter.expert_names, adapter.pack_of_expert()
+    if names is None:
+        return list(range(len(expert_names)))
+    selected = set()
+    for name in names:
+        if name in expert_names:
+            selected.add(expert_names.index(name))
+        elif name in adapter.expert_packs:
+            selected.update(i for i, pack in enumerate(packs) if pack == name)
+        else:
+            raise ValueError(f"Unknown expert or pack {name!r}; experts: {expert_names}, packs: {list(adapter.expert_packs)}")
+    return sorted(selected)
+
+
+def _write_json(path: str, data: dict) -> None:
+    with open(path, "w", encoding="utf-8") as handle:
+        json.dump(data, handle, indent=2, sort_keys=True)
+        handle.write("\n")
+
+
+def save_expert_pack(model: "MoLExForAudioClassification", directory: str | os.PathLike, names: list[str] | None) -> list[str]:
+    """Write the selected experts as a pack folder. Written to a temporary sibling and renamed into place, so a
+    crash never leaves a half-written pack."""
+    adapter = model.config.adapter
+    indices = _resolve_names(adapter, names)
+    packs_of_expert = adapter.pack_of_expert()
+    layers = model.expert_layers()
+    directory = os.fspath(directory)
+    parent = os.path.dirname(os.path.abspath(directory))
+    os.makedirs(parent, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=".experts-", dir=parent)
+    try:
+        index_entries = []
+        for column, index in enumerate(indices):
+            name = adapter.expert_names[index]
+            folder = os.path.join(staging, name)
+            os.makedirs(folder)
+            tensors = {}
+            for path, layer in layers.items():
+                tensors[f"base_model.model.{path}.lora_A.weight"] = layer.stacked_lora_a()[index].detach().contiguous()
+                tensors[f"base_model.model.{path}.lora_B.weight"] = layer.stacked_lora_b()[index].detach().T.contiguous()
+            save_file({k: v.cpu() for k, v in tensors.items()}, os.path.join(folder, PEFT_WEIGHTS_NAME))
+            _write_json(os.path.join(folder, ADAPTER_CONFIG_NAME), peft_lora_config(adapter, list(layers)))
+            index_entries.append(
+                {"name": name, "pack": packs_of_expert[index], "router_column": column, "r": adapter.r,
+                 "lora_alpha": adapter.lora_alpha, "modules": sorted(layers)}
+            )
+        rows = {name: router.full_weight()[indices].detach().cpu().contiguous() for name, router in model.routers().items()}
+        save_file(rows, os.path.join(staging, ROUTER_WEIGHTS_NAME))
+        pack_sizes: dict[str, int] = {}
+        for index in indices:
+            pack_sizes[packs_of_expert[index]] = pack_sizes.get(packs_of_expert[index], 0) + 1
+        pack_config = MoLExAdapterConfig.from_dict({**adapter.to_dict(), "expert_packs": pack_sizes, "frozen_packs": []})
+        pack_config.save_pretrained(staging)
+        backbone = model.config.backbone_config
+        _write_json(
+            os.path.join(staging, INDEX_NAME),
+            {
+                "format": PACK_FORMAT,
+                "version": 1,
+                "backbone": {
+                    "model_type": backbone.model_type,
+                    "hidden_size": backbone.hidden_size,
+                    "num_hidden_layers": backbone.num_hidden_layers,
+                    "name_or_path": adapter.base_model_name_or_path,
+                },
+                "experts": index_entries,
+            },
+        )
+        _replace_directory(staging, directory)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return [adapter.expert_names[i] for i in indices]
+
+
+def _replace_directory(staging: str, directory: str) -> None:
+    if not os.path.exists(directory):
+        os.replace(staging, directory)
+        return
+    retired = tempfile.mkdtemp(prefix=".experts-old-", dir=os.path.dirname(os.path.abspath(directory)))
+    os.rmdir(retired)
+    os.replace(directory, retired)
+    os.replace(staging, directory)
+    shutil.rmtree(retired, ignore_errors=True)
+
+
+def _pack_root(path_or_repo_id: str | os.PathLike, revision: str | None) -> str:
+    path = os.fspath(path_or_repo_id)
+    if not os.path.isdir(path):
+        from huggingface_hub import snapshot_download
+
+        path = snapshot_download(path, revision=revision, allow_patterns=HUB_PACK_PATTERNS)
+    for root in (path, os.path.join(path, "experts")):
+        if os.path.isfile(os.path.join(root, INDEX_NAME)) and os.path.isfile(os.path.join(root, ADAPTER_CONFIG_NAME)):
+            return root
+    raise FileNotFoundError(f"{path_or_repo_id}: no expert pack ({INDEX_NAME} + {ADAPTER_CONFIG_NAME}) here or in experts/")
+
+
+def _check_compatible(root: str, pack: MoLExAdapterConfig, index: dict, model: "MoLExForAudioClassification") -> None:
+    own = model.config.adapter
+    backbone = model.config.backbone_config
+    checks = [
+        ("r", pack.r, own.r),
+        ("lora_alpha", pack.lora_alpha, own.lora_alpha),
+        ("target_modules", sorted(pack.target_modules), sorted(own.target_modules)),
+        ("layers_to_transform", pack.layers_to_transform, own.layers_to_transform),
+        ("router_scope", pack.router_scope, own.router_scope),
+        ("router_granularity", pack.router_granularity, own.router_granularity),
+        ("backbone.model_type", index["backbone"]["model_type"], backbone.model_type),
+        ("backbone.hidden_size", index["backbone"]["hidden_size"], backbone.hidden_size),
+        ("backbone.num_hidden_layers", index["backbone"]["num_hidden_layers"], backbone.num_hidden_layers),
+    ]
+    for field_name, theirs, ours in checks:
+        if theirs != ours:
+            raise ValueError(f"Expert pack {root}: `{field_name}` is {theirs!r} but this model has {ours!r}")
+    clashes = sorted(set(pack.expert_packs) & set(own.expert_packs))
+    if clashes:
+        raise ValueError(f"Expert pack {root}: `expert_packs` {clashes} already exist in this model")
+
+
+def load_expert_pack(
+    model: "MoLExForAudioClassification", path_or_repo_id: str | os.PathLike, trainable: bool, revision: str | None
+) -> list[str]:
+    """Append the pack's experts and router rows to `model`; returns the new pack names."""
+    root = _pack_root(path_or_repo_id, revision)
+    pack = MoLExAdapterConfig.from_pretrained(root)
+    with open(os.path.join(root, INDEX_NAME), encoding="utf-8") as handle:
+        index = json.load(handle)
+    if index.get("format") != PACK_FORMAT:
+        raise ValueError(f"{os.path.join(root, INDEX_NAME)}: `format` is {index.get('format')!r}, expected {PACK_FORMAT!r}")
+    _check_compatible(root, pack, index, model)
+    entries = sorted(index["experts"], key=lambda entry: entry["router_column"])
+    layers = model.expert_layers()
+    lora_a = {path: [] for path in layers}
+    lora_b = {path: [] for path in layers}
+    for entry in entries:
+        weights_path = os.path.join(root, entry["name"], PEFT_WEIGHTS_NAME)
+        if not os.path.isfile(weights_path):
+            raise FileNotFoundError(f"Expert pack {root}: expert {entry['name']!r} has no {PEFT_WEIGHTS_NAME}")
+        tensors = load_file(weights_path)
+        for path in layers:
+            for key, store, transpose in (("lora_A", lora_a, False), ("lora_B", lora_b, True)):
+                name = f"base_model.model.{path}.{key}.weight"
+                if name not in tensors:
+                    raise KeyError(f"{weights_path}: missing tensor {name!r}")
+                store[path].append(tensors[name].T if transpose else tensors[name])
+    router_rows = load_file(os.path.join(root, ROUTER_WEIGHTS_NAME))
+    routers = model.routers()
+    missing = sorted(set(routers) - set(router_rows))
+    if missing:
+        raise KeyError(f"{os.path.join(root, ROUTER_WEIGHTS_NAME)}: no rows for routers {missing[:5]}")
+
+    start = 0
+    adapter = model.config.adapter
+    for pack_name, size in pack.expert_packs.items():
+        rows = slice(start, start + size)
+        for path, layer in layers.items():
+            layer.add_pack(size)
+            with torch.no_grad():
+                layer.lora_A[-1].copy_(torch.stack(lora_a[path][rows]))
+                layer.lora_B[-1].copy_(torch.stack(lora_b[path][rows]))
+        for name, router in routers.items():
+            router.add_pack(size, rows=router_rows[name][rows])
+        adapter.expert_packs = {**adapter.expert_packs, pack_name: size}
+        if not trainable:
+            adapter.frozen_packs = [*adapter.frozen_packs, pack_name]
+        start += size
+    adapter.num_experts = sum(adapter.expert_packs.values())
+    return list(pack.expert_packs)

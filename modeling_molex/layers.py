@@ -1,0 +1,147 @@
+"""`MoLExLinear`: a frozen `nn.Linear` plus a stack of LoRA experts mixed by router gates.
+
+    y = base(x) + (lora_alpha / r) * sum_e gate_e * B_e @ A_e @ dropout(x)
+
+All experts of a layer live in two stacked tensors per pack (A: (E, r, d_in), B: (E, r, d_out)), so the mixture is
+two batched matmuls, never a Python loop over experts. With utterance routing only the k selected experts are
+gathered and computed; with token routing every expert is computed and unselected ones get an exact zero gate.
+"""
+
+import math
+
+import torch
+from torch import nn
+
+from .router import RouterOutput, RoutingContext, TopKRouter
+
+
+class MoLExLinear(nn.Module):
+    """Wraps `base_layer` (kept as a submodule, like peft's LoRA layers) and adds E LoRA experts.
+
+    Args:
+        base_layer: the frozen linear layer of the backbone.
+        pack_sizes: experts per pack; each pack is one pair of stacked parameters (`lora_A.<i>`, `lora_B.<i>`).
+        r, lora_alpha, lora_dropout: as in PEFT LoRA.
+        context: the model's `RoutingContext` (frame mask in, router records out).
+        router_name: key of the router output this layer uses in `context.records`.
+        router: the layer's own router (`router_scope="module"`); `None` when the block router decides.
+    """
+
+    def __init__(
+        self,
+        base_layer: nn.Linear,
+        pack_sizes: list[int],
+        r: int,
+        lora_alpha: float,
+        lora_dropout: float,
+        context: RoutingContext,
+        router_name: str,
+        router: TopKRouter | None = None,
+    ):
+        super().__init__()
+        self.base_layer = base_layer
+        self.in_features = base_layer.in_features
+        self.out_features = base_layer.out_features
+        self.r = r
+        self.scaling = lora_alpha / r
+        self.lora_dropout = nn.Dropout(lora_dropout) if lora_dropout > 0 else nn.Identity()
+        self.lora_A = nn.ParameterList([nn.Parameter(torch.empty(n, r, self.in_features)) for n in pack_sizes])
+        self.lora_B = nn.ParameterList([nn.Parameter(torch.empty(n, r, self.out_features)) for n in pack_sizes])
+        self.router = router
+        self.router_name = router_name
+        self.experts_enabled = True
+        self._context = context  # plain attribute: shared scratchpad, not a submodule
+
+    # Code that reads `module.weight` directly (WavLM attention, merging tools) still sees the frozen weight.
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.base_layer.weight
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        return self.base_layer.bias
+
+    @property
+    def num_experts(self) -> int:
+        return sum(a.shape[0] for a in self.lora_A)
+
+    def stacked_lora_a(self) -> torch.Tensor:
+        """(E, r, d_in) A matrices of all packs, in router column order."""
+        return self.lora_A[0] if len(self.lora_A) == 1 else torch.cat(list(self.lora_A), dim=0)
+
+    def stacked_lora_b(self) -> torch.Tensor:
+        """(E, r, d_out) B matrices (transposed w.r.t. PEFT's `lora_B.weight`) of all packs."""
+        return self.lora_B[0] if len(self.lora_B) == 1 else torch.cat(list(self.lora_B), dim=0)
+
+    @torch.no_grad()
+    def reset_expert_parameters(self, pack_index: int | None = None) -> None:
+        """PEFT's default LoRA init: A ~ U(+-1/sqrt(d_in)) (kaiming-uniform, a=sqrt(5)), B = 0 (zero delta)."""
+        packs = range(len(self.lora_A)) if pack_index is None else [pack_index]
+        bound = 1.0 / math.sqrt(self.in_features)
+        for i in packs:
+            self.lora_A[i].uniform_(-bound, bound)
+            self.lora_B[i].zero_()
+
+    def add_pack(self, size: int) -> None:
+        """Append `size` new experts (zero delta) as a new trainable pack."""
+        reference = self.lora_A[0]
+        factory = {"device": reference.device, "dtype": reference.dtype}
+        self.lora_A.append(nn.Parameter(torch.empty(size, self.r, self.in_features, **factory)))
+        self.lora_B.append(nn.Parameter(torch.empty(size, self.r, self.out_features, **factory)))
+        self.reset_expert_parameters(len(self.lora_A) - 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        result = self.base_layer(x)
+        if not self.experts_enabled:
+            return result
+        routing = self._routing(x)
+        return result + self.mixture_delta(x, routing).to(result.dtype)
+
+    def _routing(self, x: torch.Tensor) -> RouterOutput:
+        if self.router is not None:
+            routing = self.router(x, self._context.frame_mask)
+            self._context.records[self.router_name] = routing
+            return routing
+        routing = self._context.records.get(self.router_name)
+        if routing is None:
+            raise RuntimeError(
+                f"MoLExLinear: no routing decision {self.router_name!r} for this forward pass. Call the backbone "
+                "through MoLExForAudioClassification (its block routers run as forward pre-hooks)."
+            )
+        return routing
+
+    def mixture_delta(self, x: torch.Tensor, routing: RouterOutput) -> torch.Tensor:
+        """(scaling) * sum over selected experts of gate * B A x. x: (B, T, d_in) -> (B, T, d_out)."""
+        if x.dim() != 3:
+            raise ValueError(f"MoLExLinear expects (batch, frames, features) input, got shape {tuple(x.shape)}")
+        x = self.lora_dropout(x)
+        lora_a = self.stacked_lora_a().to(x.dtype)  # (E, r, d_in)
+        lora_b = self.stacked_lora_b().to(x.dtype)  # (E, r, d_out)
+        batch, _, _ = x.shape
+        num_experts, rank, _ = lora_a.shape
+        if routing.top_k_indices.shape[1] == 1:
+            # Utterance routing: gather the k chosen experts of each clip and run them only.
+            indices = routing.top_k_indices[:, 0]  # (B, k)
+            top_k = indices.shape[-1]
+            selected_a = lora_a[indices].reshape(batch, top_k * rank, -1)  # (B, k*r, d_in)
+            selected_b = lora_b[indices].reshape(batch, top_k * rank, -1)  # (B, k*r, d_out)
+            gates = routing.top_k_weights[:, 0].repeat_interleave(rank, dim=-1)  # (B, k*r)
+            hidden = torch.bmm(x, selected_a.transpose(1, 2))  # (B, T, k*r)
+            hidden = hidden * gates.unsqueeze(1).to(x.dtype)
+            delta = torch.bmm(hidden, selected_b)  # (B, T, d_out)
+        else:
+            # Token routing: every expert in one matmul, unselected experts multiplied by an exact 0.
+            gates = routing.dense_gates().repeat_interleave(rank, dim=-1)  # (B, T, E*r)
+            hidden = x @ lora_a.reshape(num_experts * rank, -1).T  # (B, T, E*r)
+            hidden = hidden * gates.to(x.dtype)
+            delta = hidden @ lora_b.reshape(num_experts * rank, -1)  # (B, T, d_out)
+        return delta * self.scaling
+
+    def expert_delta(self, x: torch.Tensor, expert_index: int) -> torch.Tensor:
+        """What one expert alone adds at gate 1 (= a PEFT LoRA adapter with this expert's A and B)."""
+        lora_a = self.stacked_lora_a()[expert_index].to(x.dtype)  # (r, d_in)
+        lora_b = self.stacked_lora_b()[expert_index].to(x.dtype)  # (r, d_out)
+        return (x @ lora_a.T) @ lora_b * self.scaling
+
+    def extra_repr(self) -> str:
+        return f"experts={self.num_experts}, r={self.r}, scaling={self.scaling:g}, router={self.router_name!r}"

@@ -1,0 +1,397 @@
+"""`MoLExForAudioClassification`: a frozen speech SSL encoder whose linears carry routed LoRA experts, plus a
+small back-end (weighted layer sum -> masked pooling -> MLP) that says bona fide or spoof.
+
+Only experts, routers, layer weights and head train. Score convention: `logits[:, 1] - logits[:, 0]`, higher means
+more bona fide (label 1 = bonafide, 0 = spoof), mapped to a log-likelihood ratio when `config.calibration` is set.
+"""
+
+import contextlib
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import AutoModel, PreTrainedModel, Wav2Vec2FeatureExtractor
+from transformers import initialization as init
+from transformers.utils import ModelOutput
+
+from .adapter_config import MoLExAdapterConfig
+from .configuration_molex import MoLExConfig
+from .experts_io import load_expert_pack, save_expert_pack
+from .heads import AttentiveStatisticsPooling, ClassificationHead, MeanPooling, WeightedLayerSum
+from .injection import block_router_name, encoder_blocks, inject_experts
+from .layers import MoLExLinear
+from .router import (
+    RouterOutput,
+    RoutingContext,
+    TopKRouter,
+    expert_orthogonality_loss,
+    load_balancing_loss,
+    router_z_loss,
+)
+
+
+@dataclass
+class MoLExAudioClassifierOutput(ModelOutput):
+    """Output of [`MoLExForAudioClassification`].
+
+    Args:
+        loss: cross-entropy + `aux_loss`, only when `labels` are given.
+        logits: (B, 2) scores for `[spoof, bonafide]`.
+        aux_loss: weighted sum of the three router/expert losses below (training or when labels are given).
+        load_balance_loss, orthogonality_loss, router_z_loss: the unweighted auxiliary losses.
+        expert_usage: (B, R, E) share of each clip's real routing decisions that selected each expert, per router
+            (R routers in `model.router_names` order). With utterance routing the entries are 0 or 1.
+        router_probs: (B, R, E) mean router probability per clip and router.
+        hidden_states: the backbone's hidden states when `output_hidden_states=True`.
+    """
+
+    loss: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+    aux_loss: torch.Tensor | None = None
+    load_balance_loss: torch.Tensor | None = None
+    orthogonality_loss: torch.Tensor | None = None
+    router_z_loss: torch.Tensor | None = None
+    expert_usage: torch.Tensor | None = None
+    router_probs: torch.Tensor | None = None
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+
+
+def detection_scores(logits: torch.Tensor, calibration: dict[str, float] | None = None) -> torch.Tensor:
+    """(B, 2) logits -> (B,) scores, higher = more bona fide; an LLR when `calibration` is given."""
+    scores = logits[..., 1].float() - logits[..., 0].float()
+    if calibration is not None:
+        scores = calibration["scale"] * scores + calibration["bias"]
+    return scores
+
+
+class MoLExPreTrainedModel(PreTrainedModel):
+    config_class = MoLExConfig
+    base_model_prefix = "backbone"
+    main_input_name = "input_values"
+    input_modalities = "audio"
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        # `transformers.initialization` functions skip tensors already loaded from a checkpoint.
+        std = self.config.initializer_range
+        if isinstance(module, MoLExLinear):
+            bound = module.in_features**-0.5
+            for lora_a, lora_b in zip(module.lora_A, module.lora_B):
+                init.uniform_(lora_a, -bound, bound)
+                init.zeros_(lora_b)
+        elif isinstance(module, TopKRouter):
+            for weight in module.weight:
+                init.normal_(weight, mean=0.0, std=std)
+        elif isinstance(module, WeightedLayerSum):
+            init.zeros_(module.layer_weights)
+        elif isinstance(module, nn.Linear):
+            init.normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+
+    @torch.no_grad()
+    def initialize_weights(self) -> None:
+        # The backbone is a PreTrainedModel, so transformers dispatches its own `_init_weights` to everything under
+        # it, which knows nothing of experts and routers. Initialise those explicitly (loaded tensors are skipped).
+        super().initialize_weights()
+        for module in self.modules():
+            if isinstance(module, (MoLExLinear, TopKRouter)):
+                self._init_weights(module)
+
+
+class MoLExForAudioClassification(MoLExPreTrainedModel):
+    """Mixture of LoRA Experts in a frozen speech SSL encoder, for bona fide vs spoof classification."""
+
+    def __init__(self, config: MoLExConfig):
+        super().__init__(config)
+        self.routing_context = RoutingContext()
+        self.backbone = AutoModel.from_config(config.backbone_config)
+        inject_experts(self.backbone, config.adapter, self.routing_context)
+        hidden_size = config.backbone_config.hidden_size
+        num_states = config.backbone_config.num_hidden_layers + 1
+        self.layer_sum = WeightedLayerSum(num_states) if config.use_weighted_layer_sum else None
+        if config.pooling == "attentive_stats":
+            self.pooling = AttentiveStatisticsPooling(hidden_size, config.attention_hidden_size)
+        else:
+            self.pooling = MeanPooling()
+        pooled_size = hidden_size * self.pooling.output_multiplier
+        self.classifier = ClassificationHead(pooled_size, config.head_hidden_size, 2, config.head_dropout)
+        # Cached in router-column order; modules never change identity after injection.
+        self._expert_layers = tuple(self.expert_layers().items())
+        self._router_names = tuple(self.routers())
+        self.post_init()
+        self.apply_trainability()
+
+    # ----- construction -------------------------------------------------------------------------------------------
+
+    @classmethod
+    def from_backbone(
+        cls,
+        backbone_name_or_path: str,
+        adapter: MoLExAdapterConfig | dict | None = None,
+        backbone_kwargs: dict | None = None,
+        **config_kwargs,
+    ) -> "MoLExForAudioClassification":
+        """Build MoLEx around pretrained SSL weights (Hub id or local folder), frozen, with zero-delta experts.
+
+        `backbone_kwargs` override the backbone config; by default SpecAugment masking is off (the paper trains
+        without augmentation) and layerdrop is 0. `config_kwargs` go to `MoLExConfig`.
+        """
+        overrides = {"apply_spec_augment": False, "layerdrop": 0.0, **(backbone_kwargs or {})}
+        backbone = AutoModel.from_pretrained(backbone_name_or_path, **overrides)
+        adapter = MoLExAdapterConfig.from_dict(adapter) if isinstance(adapter, dict) else adapter
+        adapter = adapter if adapter is not None else MoLExAdapterConfig()
+        adapter.base_model_name_or_path = str(backbone_name_or_path)
+        config_kwargs.setdefault("normalize_audio", _backbone_normalizes_audio(backbone_name_or_path))
+        config = MoLExConfig(
+            backbone_config=backbone.config,
+            adapter=adapter,
+            backbone_name_or_path=str(backbone_name_or_path),
+            **config_kwargs,
+        )
+        model = cls(config)
+        model.load_backbone_state_dict(backbone.state_dict())
+        return model
+
+    def load_backbone_state_dict(self, state_dict: dict[str, torch.Tensor]) -> None:
+        """Load vanilla backbone weights (keys as in `AutoModel`) under the expert wrappers; strict on both sides."""
+        own = self.backbone.state_dict()
+        remapped = {}
+        for key, tensor in state_dict.items():
+            if key not in own:
+                module_path, _, param = key.rpartition(".")
+                wrapped_key = f"{module_path}.base_layer.{param}"
+                if wrapped_key not in own:
+                    raise ValueError(f"Backbone weight {key!r} has no place in the MoLEx backbone")
+                key = wrapped_key
+            remapped[key] = tensor
+        missing = [k for k in own if k not in remapped and not _is_molex_parameter(k)]
+        if missing:
+            raise ValueError(f"Backbone checkpoint lacks {len(missing)} weights, e.g. {missing[:5]}")
+        self.backbone.load_state_dict(remapped, strict=False)
+
+    def apply_trainability(self, train_head: bool = True) -> None:
+        """Freeze the backbone; train experts and router rows of non-frozen packs, and (optionally) the back-end."""
+        adapter = self.config.adapter
+        trainable_pack = [name not in adapter.frozen_packs for name in adapter.expert_packs]
+        for parameter in self.backbone.parameters():
+            parameter.requires_grad_(False)
+        for module in self.backbone.modules():
+            if isinstance(module, MoLExLinear):
+                for i, (lora_a, lora_b) in enumerate(zip(module.lora_A, module.lora_B)):
+                    lora_a.requires_grad_(trainable_pack[i])
+                    lora_b.requires_grad_(trainable_pack[i])
+            elif isinstance(module, TopKRouter):
+                for i, weight in enumerate(module.weight):
+                    weight.requires_grad_(trainable_pack[i])
+        for parameter in list(self.pooling.parameters()) + list(self.classifier.parameters()):
+            parameter.requires_grad_(train_head)
+        if self.layer_sum is not None:
+            self.layer_sum.layer_weights.requires_grad_(train_head and self.config.train_layer_weights)
+
+    # ----- introspection ------------------------------------------------------------------------------------------
+
+    def expert_layers(self) -> dict[str, MoLExLinear]:
+        """Expert-carrying linears keyed by their path in the vanilla backbone (`encoder.layers.0.attention.q_proj`)."""
+        return {name: m for name, m in self.backbone.named_modules() if isinstance(m, MoLExLinear)}
+
+    def routers(self) -> dict[str, TopKRouter]:
+        """Routers keyed by router name (`layer_3`, or `layer_3.attention.q_proj` for module scope)."""
+        if self.config.adapter.router_scope == "block":
+            blocks = enumerate(encoder_blocks(self.backbone))
+            return {block_router_name(i): b.molex_router for i, b in blocks if hasattr(b, "molex_router")}
+        return {m.router_name: m.router for m in self.expert_layers().values()}
+
+    @property
+    def router_names(self) -> list[str]:
+        return list(self._router_names)
+
+    def trainable_parameter_counts(self) -> dict[str, int]:
+        counts = {"experts": 0, "routers": 0, "back-end": 0, "trainable": 0, "all": 0}
+        for name, parameter in self.named_parameters():
+            counts["all"] += parameter.numel()
+            if not parameter.requires_grad:
+                continue
+            counts["trainable"] += parameter.numel()
+            if ".lora_" in name:
+                counts["experts"] += parameter.numel()
+            elif "router" in name:
+                counts["routers"] += parameter.numel()
+            else:
+                counts["back-end"] += parameter.numel()
+        return counts
+
+    def print_trainable_parameters(self) -> None:
+        """PEFT-style one-line report, plus where the trainable parameters are."""
+        c = self.trainable_parameter_counts()
+        print(
+            f"trainable params: {c['trainable']:,} || all params: {c['all']:,} || "
+            f"trainable%: {100 * c['trainable'] / c['all']:.4f} "
+            f"(experts {c['experts']:,}, routers {c['routers']:,}, back-end {c['back-end']:,})"
+        )
+
+    @contextlib.contextmanager
+    def experts_disabled(self) -> Iterator[None]:
+        """Run the bare frozen backbone (no expert deltas) inside this block."""
+        layers = list(self.expert_layers().values())
+        for layer in layers:
+            layer.experts_enabled = False
+        try:
+            yield
+        finally:
+            for layer in layers:
+                layer.experts_enabled = True
+
+    # ----- forward ------------------------------------------------------------------------------------------------
+
+    def _frame_mask(self, input_values: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor | None:
+        if attention_mask is None:
+            return None
+        num_frames = int(self.backbone._get_feat_extract_output_lengths(input_values.shape[-1]))
+        return self.backbone._get_feature_vector_attention_mask(num_frames, attention_mask).bool()  # (B, T)
+
+    def forward(
+        self,
+        input_values: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        **kwargs,
+    ) -> MoLExAudioClassifierOutput:
+        """input_values: (B, samples) float audio at `config.sampling_rate`; attention_mask: (B, samples), 1 = real
+        sample; labels: (B,) with 1 = bonafide, 0 = spoof."""
+        frame_mask = self._frame_mask(input_values, attention_mask)
+        self.routing_context.reset(frame_mask)
+        outputs = self.backbone(input_values, attention_mask=attention_mask, output_hidden_states=True)
+        records = [self.routing_context.records[name] for name in self._router_names]
+        hidden = self.layer_sum(outputs.hidden_states) if self.layer_sum is not None else outputs.last_hidden_state
+        logits = self.classifier(self.pooling(hidden, frame_mask))  # (B, 2)
+
+        aux = {}
+        if self.training or labels is not None:
+            aux = self._auxiliary_losses(records)
+        loss = None
+        if labels is not None:
+            weight = None
+            if self.config.class_weights is not None:
+                weight = torch.tensor(self.config.class_weights, device=logits.device, dtype=torch.float32)
+            loss = F.cross_entropy(logits.float(), labels.long(), weight=weight) + aux["aux_loss"]
+        usage, probs = _routing_summary(records)
+        return MoLExAudioClassifierOutput(
+            loss=loss,
+            logits=logits,
+            expert_usage=usage,
+            router_probs=probs,
+            hidden_states=outputs.hidden_states if output_hidden_states else None,
+            **aux,
+        )
+
+    def _auxiliary_losses(self, records: list[RouterOutput]) -> dict[str, torch.Tensor]:
+        adapter = self.config.adapter
+        balance = load_balancing_loss(records)
+        z_loss = router_z_loss(records)
+        orthogonality = torch.stack(
+            [expert_orthogonality_loss(layer.stacked_lora_a()) for _, layer in self._expert_layers]
+        ).mean()
+        total = (
+            adapter.load_balance_coef * balance
+            + adapter.router_z_loss_coef * z_loss
+            + adapter.orthogonality_coef * orthogonality
+        )
+        return {
+            "aux_loss": total,
+            "load_balance_loss": balance,
+            "orthogonality_loss": orthogonality,
+            "router_z_loss": z_loss,
+        }
+
+    def detection_score(self, logits: torch.Tensor) -> torch.Tensor:
+        """Scores (higher = more bona fide), calibrated with `config.calibration` when set."""
+        return detection_scores(logits, self.config.calibration)
+
+    # ----- experts in and out -------------------------------------------------------------------------------------
+
+    def add_experts(self, num_experts: int, pack_name: str | None = None, train_head: bool = False) -> str:
+        """Append a pack of `num_experts` zero-delta experts (and router rows) for a new domain.
+
+        Every existing pack is frozen (its experts and router rows), as is the backbone; the back-end too unless
+        `train_head`. New router rows start at 0; the load-balancing loss lifts them until the new experts are used.
+        Returns the new pack's name.
+        """
+        adapter = self.config.adapter
+        pack_name = pack_name or f"pack_{len(adapter.expert_packs)}"
+        if pack_name in adapter.expert_packs:
+            raise ValueError(f"`expert_packs` already has a pack named {pack_name!r}")
+        if not isinstance(num_experts, int) or num_experts < 1:
+            raise ValueError(f"`num_experts` must be a positive int, got {num_experts!r}")
+        for layer in self.expert_layers().values():
+            layer.add_pack(num_experts)
+        for router in self.routers().values():
+            router.add_pack(num_experts)
+        adapter.frozen_packs = list(adapter.expert_packs)
+        adapter.expert_packs = {**adapter.expert_packs, pack_name: num_experts}
+        adapter.num_experts = sum(adapter.expert_packs.values())
+        self.apply_trainability(train_head=train_head)
+        return pack_name
+
+    def save_experts(self, save_directory: str | os.PathLike, names: list[str] | None = None) -> list[str]:
+        """Write experts (all, or the named experts / packs) as an expert pack folder; returns the expert names."""
+        return save_expert_pack(self, save_directory, names)
+
+    def load_experts(
+        self, path_or_repo_id: str | os.PathLike, trainable: bool = False, revision: str | None = None
+    ) -> list[str]:
+        """Append the experts of an expert pack (folder or Hub repo) as new pack(s); returns the new pack names."""
+        new_packs = load_expert_pack(self, path_or_repo_id, trainable=trainable, revision=revision)
+        self.apply_trainability()
+        return new_packs
+
+    def feature_extractor(self) -> Wav2Vec2FeatureExtractor:
+        """The feature extractor that turns raw audio into this model's `input_values` (used by the pipeline)."""
+        return Wav2Vec2FeatureExtractor(
+            feature_size=1,
+            sampling_rate=self.config.sampling_rate,
+            padding_value=0.0,
+            do_normalize=self.config.normalize_audio,
+            return_attention_mask=True,
+        )
+
+    def save_pretrained(self, save_directory: str | os.PathLike, *args, **kwargs) -> None:
+        """Hub-ready folder: config + weights + remote code, `preprocessor_config.json`, and `experts/` (one PEFT
+        LoRA folder per expert plus the pack's MoLEx `adapter_config.json` and router rows)."""
+        super().save_pretrained(save_directory, *args, **kwargs)
+        if kwargs.get("is_main_process", True):
+            self.feature_extractor().save_pretrained(save_directory)
+            save_expert_pack(self, os.path.join(save_directory, "experts"), None)
+
+
+def _is_molex_parameter(key: str) -> bool:
+    return ".lora_A." in key or ".lora_B." in key or "router" in key
+
+
+def _backbone_normalizes_audio(backbone_name_or_path: str) -> bool:
+    """Follow the backbone's own feature extractor (e.g. WavLM-Large does not normalise); default True."""
+    try:
+        return bool(Wav2Vec2FeatureExtractor.from_pretrained(backbone_name_or_path).do_normalize)
+    except (OSError, ValueError):
+        return True
+
+
+def _routing_summary(records: list[RouterOutput]) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """(B, R, E) expert usage and mean router probabilities per clip, detached."""
+    if not records:
+        return None, None
+    usage, probs = [], []
+    for record in records:
+        num_experts = record.probs.shape[-1]
+        selected = F.one_hot(record.top_k_indices, num_experts).sum(dim=-2).float()  # (B, S, E)
+        weights = torch.ones(selected.shape[:2], device=selected.device) if record.mask is None else record.mask.float()
+        weights = (weights / weights.sum(dim=1, keepdim=True).clamp(min=1.0)).unsqueeze(-1)  # (B, S, 1)
+        usage.append((selected * weights).sum(dim=1))  # (B, E)
+        probs.append((record.probs * weights).sum(dim=1))
+    return torch.stack(usage, dim=1).detach(), torch.stack(probs, dim=1).detach()

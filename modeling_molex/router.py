@@ -1,0 +1,176 @@
+"""Top-k routing over LoRA experts, the per-forward routing record, and the routers' auxiliary losses.
+
+Routers run in float32 whatever the model dtype: softmax over a handful of logits in bf16 flips top-k choices.
+Shapes: B batch, T frames, D hidden size, E experts, k top-k, S routing decisions per clip (T for token
+routing, 1 for utterance routing).
+"""
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass
+class RouterOutput:
+    """One router's decisions for one forward pass."""
+
+    logits: torch.Tensor  # (B, S, E) float32
+    probs: torch.Tensor  # (B, S, E) float32, softmax of logits
+    top_k_indices: torch.Tensor  # (B, S, k) int64, selected experts
+    top_k_weights: torch.Tensor  # (B, S, k) float32, gate of each selected expert
+    mask: torch.Tensor | None  # (B, S) bool, True where the decision covers real audio (not padding)
+
+    def dense_gates(self) -> torch.Tensor:
+        """(B, S, E) gates: the top-k weights scattered into place, exact zeros elsewhere."""
+        gates = torch.zeros_like(self.probs)
+        return gates.scatter(-1, self.top_k_indices, self.top_k_weights)
+
+
+class RoutingContext:
+    """Scratchpad shared by every router and expert layer of one model during one forward pass.
+
+    The model sets the frame-level padding mask before calling the backbone and collects the router outputs after
+    it, so nothing has to be threaded through the backbone's forward signatures. Records are keyed by router name,
+    so a gradient-checkpointing recompute overwrites instead of duplicating them.
+    """
+
+    def __init__(self) -> None:
+        self.frame_mask: torch.Tensor | None = None  # (B, T) bool
+        self.records: dict[str, RouterOutput] = {}
+
+    def reset(self, frame_mask: torch.Tensor | None) -> None:
+        self.frame_mask = frame_mask
+        self.records = {}
+
+
+class TopKRouter(nn.Module):
+    """A linear gate `D -> E` with float32 softmax and top-k selection.
+
+    The gate rows are stored per expert pack (`weight.0`, `weight.1`, ...) so that rows of frozen packs stay out of
+    the optimizer when a new pack is added for domain adaptation.
+    """
+
+    def __init__(
+        self,
+        hidden_size: int,
+        pack_sizes: list[int],
+        top_k: int,
+        granularity: str = "utterance",
+        noise_std: float = 0.0,
+        normalize_top_k: bool = True,
+    ):
+        super().__init__()
+        self.hidden_size = hidden_size
+        self.top_k = top_k
+        self.granularity = granularity
+        self.noise_std = noise_std
+        self.normalize_top_k = normalize_top_k
+        self.weight = nn.ParameterList([nn.Parameter(torch.empty(size, hidden_size)) for size in pack_sizes])
+
+    @property
+    def num_experts(self) -> int:
+        return sum(w.shape[0] for w in self.weight)
+
+    def full_weight(self) -> torch.Tensor:
+        """(E, D) gate weights of all packs, in router column order."""
+        if len(self.weight) == 1:
+            return self.weight[0]
+        return torch.cat(list(self.weight), dim=0)
+
+    def add_pack(self, size: int, rows: torch.Tensor | None = None) -> None:
+        """Append `size` gate rows (zeros unless given) for a new expert pack."""
+        reference = self.weight[0]
+        new = torch.zeros(size, self.hidden_size, device=reference.device, dtype=reference.dtype)
+        if rows is not None:
+            new.copy_(rows)
+        self.weight.append(nn.Parameter(new))
+
+    def forward(self, hidden_states: torch.Tensor, frame_mask: torch.Tensor | None = None) -> RouterOutput:
+        # hidden_states: (B, T, D); frame_mask: (B, T) bool or None
+        features = hidden_states.float()
+        mask = frame_mask
+        if self.granularity == "utterance":
+            features = _masked_mean(features, frame_mask).unsqueeze(1)  # (B, 1, D)
+            mask = None
+        logits = F.linear(features, self.full_weight().float())  # (B, S, E)
+        if self.training and self.noise_std > 0:
+            logits = logits + torch.randn_like(logits) * self.noise_std
+        probs = logits.softmax(dim=-1)  # (B, S, E)
+        top_k_probs, top_k_indices = probs.topk(self.top_k, dim=-1)  # (B, S, k)
+        if self.normalize_top_k and self.top_k > 1:
+            top_k_probs = top_k_probs / top_k_probs.sum(dim=-1, keepdim=True)
+        return RouterOutput(logits, probs, top_k_indices, top_k_probs, mask)
+
+
+def _masked_mean(features: torch.Tensor, frame_mask: torch.Tensor | None) -> torch.Tensor:
+    # features: (B, T, D) -> (B, D), averaging real frames only
+    if frame_mask is None:
+        return features.mean(dim=1)
+    weights = frame_mask.to(features.dtype).unsqueeze(-1)  # (B, T, 1)
+    return (features * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+
+
+def _flatten_decisions(record: RouterOutput) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Flatten (B, S, ...) decisions to (N, ...) keeping only real ones; returns logits, probs, top-k indices."""
+    num_experts = record.logits.shape[-1]
+    logits = record.logits.reshape(-1, num_experts)
+    probs = record.probs.reshape(-1, num_experts)
+    indices = record.top_k_indices.reshape(-1, record.top_k_indices.shape[-1])
+    if record.mask is not None:
+        keep = record.mask.reshape(-1)
+        logits, probs, indices = logits[keep], probs[keep], indices[keep]
+    return logits, probs, indices
+
+
+def load_balancing_loss(records: list[RouterOutput]) -> torch.Tensor:
+    """Switch/Mixtral load balancing, averaged over routers: `E * sum_e f_e * P_e`.
+
+    `f_e` is the fraction of real routing decisions that selected expert e (divided by k so it sums to 1) and
+    `P_e` the mean router probability of e. It equals 1 for perfectly uniform routing. Its gradient also lifts the
+    logits of experts that are never selected, which is what brings freshly added experts into use.
+    """
+    losses = []
+    for record in records:
+        _, probs, indices = _flatten_decisions(record)
+        if probs.shape[0] == 0:
+            continue
+        num_experts, top_k = probs.shape[-1], indices.shape[-1]
+        selected = F.one_hot(indices, num_experts).sum(dim=1).float()  # (N, E)
+        fraction = selected.mean(dim=0) / top_k  # (E,)
+        mean_prob = probs.mean(dim=0)  # (E,)
+        losses.append(num_experts * (fraction * mean_prob).sum())
+    return torch.stack(losses).mean() if losses else _zero(records)
+
+
+def router_z_loss(records: list[RouterOutput]) -> torch.Tensor:
+    """ST-MoE z-loss, averaged over routers: mean squared log-sum-exp of the router logits."""
+    losses = []
+    for record in records:
+        logits, _, _ = _flatten_decisions(record)
+        if logits.shape[0] == 0:
+            continue
+        losses.append(torch.logsumexp(logits, dim=-1).pow(2).mean())
+    return torch.stack(losses).mean() if losses else _zero(records)
+
+
+def expert_orthogonality_loss(lora_a: torch.Tensor) -> torch.Tensor:
+    """Push the experts of one layer towards mutually orthogonal input subspaces.
+
+    lora_a: (E, r, d_in). Rows are L2-normalised; the loss is the mean squared cosine between a row of one expert
+    and a row of another expert (within-expert pairs are left alone). 0 means the experts read disjoint directions.
+    """
+    num_experts, rank, _ = lora_a.shape
+    if num_experts < 2:
+        return lora_a.new_zeros((), dtype=torch.float32)
+    rows = F.normalize(lora_a.float().reshape(num_experts * rank, -1), dim=-1)  # (E*r, d_in)
+    gram = rows @ rows.T  # (E*r, E*r)
+    expert_id = torch.arange(num_experts, device=lora_a.device).repeat_interleave(rank)
+    across = expert_id[:, None] != expert_id[None, :]  # (E*r, E*r)
+    return gram.pow(2)[across].mean()
+
+
+def _zero(records: list[RouterOutput]) -> torch.Tensor:
+    device = records[0].logits.device if records else None
+    return torch.zeros((), device=device)
