@@ -118,9 +118,13 @@ class MoLExAdapterConfig:
         if self.layers_to_transform is not None and (
             not self.layers_to_transform or min(self.layers_to_transform) < 0
         ):
-            raise ValueError(f"`layers_to_transform` must be non-negative block indices, got {self.layers_to_transform!r}")
+            raise ValueError(
+                f"`layers_to_transform` must be non-negative block indices, got {self.layers_to_transform!r}"
+            )
         if self.router_granularity not in ROUTER_GRANULARITIES:
-            raise ValueError(f"`router_granularity` must be one of {ROUTER_GRANULARITIES}, got {self.router_granularity!r}")
+            raise ValueError(
+                f"`router_granularity` must be one of {ROUTER_GRANULARITIES}, got {self.router_granularity!r}"
+            )
         if self.router_scope not in ROUTER_SCOPES:
             raise ValueError(f"`router_scope` must be one of {ROUTER_SCOPES}, got {self.router_scope!r}")
         for name in ("router_noise_std", "load_balance_coef", "orthogonality_coef", "router_z_loss_coef"):

@@ -102,7 +102,9 @@ class MoLExConfig(PretrainedConfig):
         if self.class_weights is not None and (
             len(self.class_weights) != 2 or any(w <= 0 for w in self.class_weights)
         ):
-            raise ValueError(f"`class_weights` must be two positive numbers [spoof, bonafide], got {self.class_weights}")
+            raise ValueError(
+                f"`class_weights` must be two positive numbers [spoof, bonafide], got {self.class_weights}"
+            )
         if self.calibration is not None and set(self.calibration) != {"scale", "bias"}:
             raise ValueError(f"`calibration` must be a dict with keys 'scale' and 'bias', got {self.calibration}")
         hidden_layers = self.backbone_config.num_hidden_layers

@@ -28,9 +28,9 @@ INDEX_NAME = "index.json"
 ROUTER_WEIGHTS_NAME = "router.safetensors"
 PEFT_WEIGHTS_NAME = "adapter_model.safetensors"
 PACK_FORMAT = "molex-expert-pack"
-HUB_PACK_PATTERNS = [
-    f"{name}" for name in (ADAPTER_CONFIG_NAME, INDEX_NAME, ROUTER_WEIGHTS_NAME)
-] + [f"*/{name}" for name in (ADAPTER_CONFIG_NAME, INDEX_NAME, ROUTER_WEIGHTS_NAME, PEFT_WEIGHTS_NAME)]
+HUB_PACK_PATTERNS = [f"{name}" for name in (ADAPTER_CONFIG_NAME, INDEX_NAME, ROUTER_WEIGHTS_NAME)] + [
+    f"*/{name}" for name in (ADAPTER_CONFIG_NAME, INDEX_NAME, ROUTER_WEIGHTS_NAME, PEFT_WEIGHTS_NAME)
+]
 
 
 def peft_lora_config(adapter: MoLExAdapterConfig, module_paths: list[str]) -> dict:
@@ -66,7 +66,9 @@ def _resolve_names(adapter: MoLExAdapterConfig, names: list[str] | None) -> list
         elif name in adapter.expert_packs:
             selected.update(i for i, pack in enumerate(packs) if pack == name)
         else:
-            raise ValueError(f"Unknown expert or pack {name!r}; experts: {expert_names}, packs: {list(adapter.expert_packs)}")
+            raise ValueError(
+                f"Unknown expert or pack {name!r}; experts: {expert_names}, packs: {list(adapter.expert_packs)}"
+            )
     return sorted(selected)
 
 
@@ -76,7 +78,9 @@ def _write_json(path: str, data: dict) -> None:
         handle.write("\n")
 
 
-def save_expert_pack(model: "MoLExForAudioClassification", directory: str | os.PathLike, names: list[str] | None) -> list[str]:
+def save_expert_pack(
+    model: "MoLExForAudioClassification", directory: str | os.PathLike, names: list[str] | None
+) -> list[str]:
     """Write the selected experts as a pack folder. Written to a temporary sibling and renamed into place, so a
     crash never leaves a half-written pack."""
     adapter = model.config.adapter
@@ -96,19 +100,31 @@ def save_expert_pack(model: "MoLExForAudioClassification", directory: str | os.P
             tensors = {}
             for path, layer in layers.items():
                 tensors[f"base_model.model.{path}.lora_A.weight"] = layer.stacked_lora_a()[index].detach().contiguous()
-                tensors[f"base_model.model.{path}.lora_B.weight"] = layer.stacked_lora_b()[index].detach().T.contiguous()
+                tensors[f"base_model.model.{path}.lora_B.weight"] = (
+                    layer.stacked_lora_b()[index].detach().T.contiguous()
+                )
             save_file({k: v.cpu() for k, v in tensors.items()}, os.path.join(folder, PEFT_WEIGHTS_NAME))
             _write_json(os.path.join(folder, ADAPTER_CONFIG_NAME), peft_lora_config(adapter, list(layers)))
             index_entries.append(
-                {"name": name, "pack": packs_of_expert[index], "router_column": column, "r": adapter.r,
-                 "lora_alpha": adapter.lora_alpha, "modules": sorted(layers)}
+                {
+                    "name": name,
+                    "pack": packs_of_expert[index],
+                    "router_column": column,
+                    "r": adapter.r,
+                    "lora_alpha": adapter.lora_alpha,
+                    "modules": sorted(layers),
+                }
             )
-        rows = {name: router.full_weight()[indices].detach().cpu().contiguous() for name, router in model.routers().items()}
+        rows = {
+            name: router.full_weight()[indices].detach().cpu().contiguous() for name, router in model.routers().items()
+        }
         save_file(rows, os.path.join(staging, ROUTER_WEIGHTS_NAME))
         pack_sizes: dict[str, int] = {}
         for index in indices:
             pack_sizes[packs_of_expert[index]] = pack_sizes.get(packs_of_expert[index], 0) + 1
-        pack_config = MoLExAdapterConfig.from_dict({**adapter.to_dict(), "expert_packs": pack_sizes, "frozen_packs": []})
+        pack_config = MoLExAdapterConfig.from_dict(
+            {**adapter.to_dict(), "expert_packs": pack_sizes, "frozen_packs": []}
+        )
         pack_config.save_pretrained(staging)
         backbone = model.config.backbone_config
         _write_json(
@@ -152,7 +168,9 @@ def _pack_root(path_or_repo_id: str | os.PathLike, revision: str | None) -> str:
     for root in (path, os.path.join(path, "experts")):
         if os.path.isfile(os.path.join(root, INDEX_NAME)) and os.path.isfile(os.path.join(root, ADAPTER_CONFIG_NAME)):
             return root
-    raise FileNotFoundError(f"{path_or_repo_id}: no expert pack ({INDEX_NAME} + {ADAPTER_CONFIG_NAME}) here or in experts/")
+    raise FileNotFoundError(
+        f"{path_or_repo_id}: no expert pack ({INDEX_NAME} + {ADAPTER_CONFIG_NAME}) here or in experts/"
+    )
 
 
 def _check_compatible(root: str, pack: MoLExAdapterConfig, index: dict, model: "MoLExForAudioClassification") -> None:
@@ -186,7 +204,9 @@ def load_expert_pack(
     with open(os.path.join(root, INDEX_NAME), encoding="utf-8") as handle:
         index = json.load(handle)
     if index.get("format") != PACK_FORMAT:
-        raise ValueError(f"{os.path.join(root, INDEX_NAME)}: `format` is {index.get('format')!r}, expected {PACK_FORMAT!r}")
+        raise ValueError(
+            f"{os.path.join(root, INDEX_NAME)}: `format` is {index.get('format')!r}, expected {PACK_FORMAT!r}"
+        )
     _check_compatible(root, pack, index, model)
     entries = sorted(index["experts"], key=lambda entry: entry["router_column"])
     layers = model.expert_layers()

@@ -87,8 +87,9 @@ def inject_experts(
                 if adapter.router_scope == "block":
                     router_name, router = block_router_name(block_index), None
                 else:
-                    router_name, router = f"{block_router_name(block_index)}.{name}", _make_router(
-                        adapter, base_layer.in_features
+                    router_name, router = (
+                        f"{block_router_name(block_index)}.{name}",
+                        _make_router(adapter, base_layer.in_features),
                     )
                 expert_layer = MoLExLinear(
                     base_layer,

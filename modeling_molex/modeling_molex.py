@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import AutoModel, PreTrainedModel, Wav2Vec2FeatureExtractor
+from transformers import AutoConfig, AutoModel, PreTrainedModel, Wav2Vec2FeatureExtractor
 from transformers import initialization as init
 from transformers.utils import ModelOutput
 
@@ -81,7 +81,7 @@ class MoLExPreTrainedModel(PreTrainedModel):
         std = self.config.initializer_range
         if isinstance(module, MoLExLinear):
             bound = module.in_features**-0.5
-            for lora_a, lora_b in zip(module.lora_A, module.lora_B):
+            for lora_a, lora_b in zip(module.lora_A, module.lora_B, strict=True):
                 init.uniform_(lora_a, -bound, bound)
                 init.zeros_(lora_b)
         elif isinstance(module, TopKRouter):
@@ -139,11 +139,18 @@ class MoLExForAudioClassification(MoLExPreTrainedModel):
     ) -> "MoLExForAudioClassification":
         """Build MoLEx around pretrained SSL weights (Hub id or local folder), frozen, with zero-delta experts.
 
-        `backbone_kwargs` override the backbone config; by default SpecAugment masking is off (the paper trains
-        without augmentation) and layerdrop is 0. `config_kwargs` go to `MoLExConfig`.
+        `backbone_kwargs` override the backbone config; by default SpecAugment masking is off
+        (`mask_time_prob = mask_feature_prob = 0`: the paper trains without augmentation) and layerdrop is 0. `config_kwargs` go to `MoLExConfig`.
         """
-        overrides = {"apply_spec_augment": False, "layerdrop": 0.0, **(backbone_kwargs or {})}
-        backbone = AutoModel.from_pretrained(backbone_name_or_path, **overrides)
+        backbone_config = AutoConfig.from_pretrained(backbone_name_or_path)
+        for key, value in {"mask_time_prob": 0.0, "mask_feature_prob": 0.0, "layerdrop": 0.0}.items():
+            if hasattr(backbone_config, key):
+                setattr(backbone_config, key, value)
+        for key, value in (backbone_kwargs or {}).items():
+            if not hasattr(backbone_config, key):
+                raise ValueError(f"`backbone_kwargs` key {key!r} is not a field of {type(backbone_config).__name__}")
+            setattr(backbone_config, key, value)
+        backbone = AutoModel.from_pretrained(backbone_name_or_path, config=backbone_config)
         adapter = MoLExAdapterConfig.from_dict(adapter) if isinstance(adapter, dict) else adapter
         adapter = adapter if adapter is not None else MoLExAdapterConfig()
         adapter.base_model_name_or_path = str(backbone_name_or_path)
@@ -156,6 +163,13 @@ class MoLExForAudioClassification(MoLExPreTrainedModel):
         )
         model = cls(config)
         model.load_backbone_state_dict(backbone.state_dict())
+        return model
+
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs) -> "MoLExForAudioClassification":
+        # Loading materialises fresh parameters (requires_grad=True everywhere): freeze again after it.
+        model = super().from_pretrained(*args, **kwargs)
+        model.apply_trainability()
         return model
 
     def load_backbone_state_dict(self, state_dict: dict[str, torch.Tensor]) -> None:
@@ -183,7 +197,7 @@ class MoLExForAudioClassification(MoLExPreTrainedModel):
             parameter.requires_grad_(False)
         for module in self.backbone.modules():
             if isinstance(module, MoLExLinear):
-                for i, (lora_a, lora_b) in enumerate(zip(module.lora_A, module.lora_B)):
+                for i, (lora_a, lora_b) in enumerate(zip(module.lora_A, module.lora_B, strict=True)):
                     lora_a.requires_grad_(trainable_pack[i])
                     lora_b.requires_grad_(trainable_pack[i])
             elif isinstance(module, TopKRouter):
@@ -390,7 +404,9 @@ def _routing_summary(records: list[RouterOutput]) -> tuple[torch.Tensor | None, 
     for record in records:
         num_experts = record.probs.shape[-1]
         selected = F.one_hot(record.top_k_indices, num_experts).sum(dim=-2).float()  # (B, S, E)
-        weights = torch.ones(selected.shape[:2], device=selected.device) if record.mask is None else record.mask.float()
+        weights = (
+            torch.ones(selected.shape[:2], device=selected.device) if record.mask is None else record.mask.float()
+        )
         weights = (weights / weights.sum(dim=1, keepdim=True).clamp(min=1.0)).unsqueeze(-1)  # (B, S, 1)
         usage.append((selected * weights).sum(dim=1))  # (B, E)
         probs.append((record.probs * weights).sum(dim=1))

@@ -1,0 +1,81 @@
+"""Shared fixtures: tiny randomly initialised speech SSL backbones (one per supported family), saved to local
+folders the way a Hub checkpoint would be, so every test runs offline in seconds."""
+
+import os
+
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from transformers import AutoConfig, AutoModel  # noqa: E402
+
+
+_TINY_COMMON = {
+    "hidden_size": 32,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "intermediate_size": 64,
+    "conv_dim": [16, 16],
+    "conv_kernel": [10, 3],
+    "conv_stride": [5, 2],
+    "num_conv_pos_embedding_groups": 2,
+    "hidden_dropout": 0.0,
+    "attention_dropout": 0.0,
+    "activation_dropout": 0.0,
+    "feat_proj_dropout": 0.0,
+    "layerdrop": 0.0,
+    "mask_time_prob": 0.0,  # SpecAugment off: tests compare runs that must see the same input
+}
+
+# One case per backbone family (plus the XLS-R-style stable-layer-norm variant of wav2vec2).
+TINY_BACKBONES = {
+    "wav2vec2": {"model_type": "wav2vec2", "num_conv_pos_embeddings": 16},
+    "wav2vec2-xlsr": {
+        "model_type": "wav2vec2",
+        "num_conv_pos_embeddings": 16,
+        "feat_extract_norm": "layer",
+        "do_stable_layer_norm": True,
+        "conv_bias": True,
+    },
+    "hubert": {"model_type": "hubert", "num_conv_pos_embeddings": 16},
+    "wavlm": {"model_type": "wavlm", "num_conv_pos_embeddings": 16, "num_buckets": 32, "max_bucket_distance": 64},
+    "data2vec-audio": {"model_type": "data2vec-audio", "num_conv_pos_embeddings": 2, "conv_pos_kernel_size": 5},
+}
+FAMILIES = list(TINY_BACKBONES)
+
+
+def tiny_backbone_config(family: str):
+    spec = dict(TINY_BACKBONES[family])
+    model_type = spec.pop("model_type")
+    return AutoConfig.for_model(model_type, **_TINY_COMMON, **spec)
+
+
+@pytest.fixture(scope="session")
+def tiny_backbone_dirs(tmp_path_factory) -> dict[str, str]:
+    """family -> folder holding a saved, randomly initialised tiny backbone (config.json + model.safetensors)."""
+    root = tmp_path_factory.mktemp("backbones")
+    dirs = {}
+    for index, family in enumerate(FAMILIES):
+        torch.manual_seed(1000 + index)
+        model = AutoModel.from_config(tiny_backbone_config(family))
+        path = root / family
+        model.save_pretrained(path)
+        dirs[family] = str(path)
+    return dirs
+
+
+def random_audio(batch: int = 2, samples: int = 4000, seed: int = 0) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(batch, samples, generator=generator)
+
+
+@torch.no_grad()
+def randomize_experts(model, std: float = 0.2, seed: int = 0) -> None:
+    """Give every expert a non-zero B so that experts change the output (B = 0 at init)."""
+    generator = torch.Generator().manual_seed(seed)
+    for name, parameter in model.named_parameters():
+        if ".lora_B." in name:
+            parameter.copy_(torch.randn(parameter.shape, generator=generator) * std)

@@ -1,0 +1,180 @@
+"""Save/load round trips, per-expert PEFT folders, expert packs and domain adaptation with add_experts."""
+
+import json
+import os
+
+import pytest
+import torch
+from conftest import FAMILIES, random_audio, randomize_experts, tiny_backbone_config
+from peft import PeftModel
+from safetensors.torch import load_file
+from transformers import AutoModel
+
+from modeling_molex import MoLExAdapterConfig, MoLExConfig, MoLExForAudioClassification
+
+
+def build(family: str = "wav2vec2", seed: int = 0, **adapter_kwargs) -> MoLExForAudioClassification:
+    adapter = MoLExAdapterConfig(**{"num_experts": 4, "top_k": 2, "r": 4, **adapter_kwargs})
+    torch.manual_seed(seed)
+    return MoLExForAudioClassification(MoLExConfig(backbone_config=tiny_backbone_config(family), adapter=adapter))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_save_pretrained_round_trip_is_bit_exact(family, tmp_path):
+    model = build(family).eval()
+    randomize_experts(model)
+    model.save_pretrained(tmp_path)
+    files = set(os.listdir(tmp_path))
+    assert {"config.json", "model.safetensors", "preprocessor_config.json", "experts"} <= files
+    assert {"modeling_molex.py", "configuration_molex.py", "layers.py", "router.py"} <= files
+    assert "adapter_config.json" not in files  # would make transformers treat the folder as a PEFT adapter
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["auto_map"] == {
+        "AutoConfig": "configuration_molex.MoLExConfig",
+        "AutoModelForAudioClassification": "modeling_molex.MoLExForAudioClassification",
+    }
+    loaded = MoLExForAudioClassification.from_pretrained(tmp_path).eval()
+    for (name, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name
+    audio = random_audio()
+    with torch.no_grad():
+        assert torch.equal(model(audio).logits, loaded(audio).logits)
+
+
+def test_adapter_config_round_trips_peft_style(tmp_path):
+    adapter = MoLExAdapterConfig(num_experts=3, top_k=1, r=2, target_modules=["q_proj"], layers_to_transform=[1])
+    adapter.save_pretrained(tmp_path)
+    data = json.loads((tmp_path / "adapter_config.json").read_text())
+    assert data["peft_type"] == "MOLEX" and list(data) == sorted(data)
+    assert MoLExAdapterConfig.from_pretrained(tmp_path) == adapter
+    assert MoLExAdapterConfig.from_dict(adapter.to_dict()) == adapter
+
+
+@pytest.mark.parametrize("family", ["wav2vec2", "hubert", "wavlm"])
+def test_one_expert_folder_loads_with_plain_peft_and_reproduces_its_delta(family, tiny_backbone_dirs, tmp_path):
+    model = MoLExForAudioClassification.from_backbone(
+        tiny_backbone_dirs[family], adapter=MoLExAdapterConfig(num_experts=4, top_k=2, r=4)
+    )
+    randomize_experts(model)
+    model.save_pretrained(tmp_path / "model")
+    expert = 2
+    folder = tmp_path / "model" / "experts" / f"expert_{expert}"
+    peft_config = json.loads((folder / "adapter_config.json").read_text())
+    assert peft_config["peft_type"] == "LORA" and peft_config["base_model_name_or_path"] == tiny_backbone_dirs[family]
+    vanilla = AutoModel.from_pretrained(tiny_backbone_dirs[family])
+    peft_model = PeftModel.from_pretrained(vanilla, str(folder)).eval()
+    peft_modules = dict(peft_model.base_model.model.named_modules())
+    layers = model.expert_layers()
+    assert len(layers) == 12
+    for path, layer in layers.items():
+        lora_module = peft_modules[path]
+        x = torch.randn(2, 5, layer.in_features)
+        with torch.no_grad():
+            peft_delta = lora_module(x) - lora_module.base_layer(x)
+            torch.testing.assert_close(peft_delta, layer.expert_delta(x, expert), atol=1e-6, rtol=1e-5)
+            assert peft_delta.abs().max() > 0
+
+
+def test_expert_pack_save_load_reproduces_the_model(tmp_path):
+    trained = build(seed=0).eval()
+    randomize_experts(trained, seed=1)
+    pack_name = trained.add_experts(2, pack_name="domain_b")
+    randomize_experts(trained, seed=2)  # pretend the new pack was trained (old packs are overwritten identically)
+    base_state = {k: v.clone() for k, v in trained.state_dict().items() if ".lora_" not in k and "router" not in k}
+    saved = trained.save_experts(tmp_path / "pack", names=[pack_name])
+    assert saved == ["expert_4", "expert_5"]
+    assert sorted(os.listdir(tmp_path / "pack")) == [
+        "adapter_config.json",
+        "expert_4",
+        "expert_5",
+        "index.json",
+        "router.safetensors",
+    ]
+    # A model holding only the base pack, then the shipped pack on top of it.
+    fresh = build(seed=0).eval()
+    randomize_experts(fresh, seed=1)
+    trained_base = {k: v for k, v in trained.state_dict().items() if k.endswith(".0") or k in base_state}
+    fresh.load_state_dict(trained_base, strict=False)
+    new_packs = fresh.load_experts(tmp_path / "pack")
+    assert new_packs == ["domain_b"]
+    assert fresh.config.adapter.expert_packs == {"base": 4, "domain_b": 2}
+    assert "domain_b" in fresh.config.adapter.frozen_packs
+    audio = random_audio()
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(audio).logits, trained(audio).logits)
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"r": 2}, "`r`"),
+        ({"target_modules": ["q_proj", "v_proj"]}, "`target_modules`"),
+        ({"router_granularity": "token"}, "`router_granularity`"),
+    ],
+)
+def test_incompatible_pack_is_refused_naming_the_field(tmp_path, change, field):
+    source = build(**change)
+    source.save_experts(tmp_path / "pack")
+    target = build()
+    before = dict(target.config.adapter.expert_packs)
+    with pytest.raises(ValueError, match=field):
+        target.load_experts(tmp_path / "pack")
+    assert target.config.adapter.expert_packs == before
+
+
+def test_pack_from_another_backbone_is_refused(tmp_path):
+    source = build("hubert")
+    source.save_experts(tmp_path / "pack")
+    with pytest.raises(ValueError, match="backbone.model_type"):
+        build("wav2vec2").load_experts(tmp_path / "pack")
+
+
+def test_loading_the_same_pack_twice_is_refused(tmp_path):
+    model = build()
+    model.save_experts(tmp_path / "pack")
+    with pytest.raises(ValueError, match="`expert_packs`"):
+        model.load_experts(tmp_path / "pack")
+
+
+def test_unknown_expert_name_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="Unknown expert or pack 'expert_9'"):
+        build().save_experts(tmp_path / "pack", names=["expert_9"])
+
+
+def test_add_experts_trains_only_the_new_pack(tmp_path):
+    model = build().train()
+    randomize_experts(model)
+    old = {k: v.clone() for k, v in model.state_dict().items()}
+    model.add_experts(2, pack_name="new")
+    for layer in model.expert_layers().values():
+        assert torch.count_nonzero(layer.lora_B[1]) == 0  # new experts start with a zero delta
+        x = torch.randn(1, 3, layer.in_features)
+        assert torch.count_nonzero(layer.expert_delta(x, 4)) == 0
+    # Make the router pick the new experts so that they are on the gradient path.
+    with torch.no_grad():
+        for router in model.routers().values():
+            router.weight[1].copy_(router.weight[0][:2] * 0 + 5.0 * router.weight[0][:2].sign())
+    out = model(random_audio(), labels=torch.tensor([0, 1]))
+    assert (out.expert_usage[..., 4:].sum(-1) > 0).all()
+    out.loss.backward()
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all(n.endswith(".1") for n in trainable), trainable
+    for name, parameter in model.named_parameters():
+        if name in trainable and "lora_A" not in name:  # A gets no gradient while B is still exactly 0
+            assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
+        if name not in trainable:
+            assert parameter.grad is None, name
+    torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=0.1, weight_decay=0.1).step()
+    for key, value in old.items():
+        assert torch.equal(model.state_dict()[key], value), key
+    # The frozen/trainable split survives a save/load round trip.
+    model.save_pretrained(tmp_path)
+    reloaded = MoLExForAudioClassification.from_pretrained(tmp_path)
+    assert reloaded.config.adapter.frozen_packs == ["base"]
+    assert {n for n, p in reloaded.backbone.named_parameters() if p.requires_grad} == {
+        n.removeprefix("backbone.") for n in trainable
+    }
+    index = json.loads((tmp_path / "experts" / "index.json").read_text())
+    assert [e["pack"] for e in index["experts"]] == ["base"] * 4 + ["new"] * 2
+    rows = load_file(tmp_path / "experts" / "router.safetensors")
+    assert all(t.shape[0] == 6 for t in rows.values())

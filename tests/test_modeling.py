@@ -1,0 +1,184 @@
+"""Core behaviour of MoLExForAudioClassification on every supported backbone family (tiny random backbones)."""
+
+import pytest
+import torch
+from conftest import FAMILIES, random_audio, randomize_experts, tiny_backbone_config
+from transformers import AutoModel
+
+from modeling_molex import MoLExAdapterConfig, MoLExConfig, MoLExForAudioClassification
+from modeling_molex.layers import MoLExLinear
+
+
+SIX_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "out_proj", "intermediate_dense", "output_dense"]
+
+
+def build(family: str, **adapter_kwargs) -> MoLExForAudioClassification:
+    adapter = MoLExAdapterConfig(**{"num_experts": 4, "top_k": 2, "r": 4, **adapter_kwargs})
+    torch.manual_seed(0)
+    return MoLExForAudioClassification(MoLExConfig(backbone_config=tiny_backbone_config(family), adapter=adapter))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_identity_at_init_equals_frozen_backbone(family, tiny_backbone_dirs):
+    model = MoLExForAudioClassification.from_backbone(
+        tiny_backbone_dirs[family], adapter=MoLExAdapterConfig(num_experts=4, top_k=2, r=4)
+    ).eval()
+    vanilla = AutoModel.from_pretrained(tiny_backbone_dirs[family]).eval()
+    audio = random_audio()
+    mask = torch.ones_like(audio, dtype=torch.long)
+    mask[1, 3000:] = 0
+    model.routing_context.reset(model._frame_mask(audio, mask))
+    with torch.no_grad():
+        ours = model.backbone(audio, attention_mask=mask, output_hidden_states=True).hidden_states
+        theirs = vanilla(audio, attention_mask=mask, output_hidden_states=True).hidden_states
+    assert len(ours) == len(theirs) == 3
+    for a, b in zip(ours, theirs, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_backbone_frozen_only_experts_routers_head_train(family):
+    model = build(family)
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    assert trainable, "something must train"
+    for name in trainable:
+        assert ".lora_" in name or "molex_router" in name or not name.startswith("backbone."), name
+    assert any(".lora_A." in n for n in trainable) and any("molex_router" in n for n in trainable)
+    assert all(not p.requires_grad for n, p in model.backbone.named_parameters() if "base_layer" in n)
+    counts = model.trainable_parameter_counts()
+    assert counts["trainable"] == counts["experts"] + counts["routers"] + counts["back-end"]
+    assert counts["trainable"] < counts["all"]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("target", SIX_PROJECTIONS)
+def test_each_target_module_really_changes_the_output(family, target):
+    """Catches wrappers that the backbone bypasses (transformers' WavLM attention reads raw .weight)."""
+    model = build(family, target_modules=[target]).eval()
+    audio = random_audio()
+    with torch.no_grad():
+        before = model(audio, output_hidden_states=True).hidden_states[-1]
+        randomize_experts(model)
+        after = model(audio, output_hidden_states=True).hidden_states[-1]
+    assert (before - after).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_every_expert_and_router_row_gets_a_gradient(family):
+    # top_k = E so that every expert is selected for every clip.
+    model = build(family, top_k=4).train()
+    randomize_experts(model)
+    out = model(random_audio(), labels=torch.tensor([0, 1]))
+    out.loss.backward()
+    for name, layer in model.expert_layers().items():
+        for key, stacked in (("A", layer.lora_A[0]), ("B", layer.lora_B[0])):
+            per_expert = stacked.grad.abs().flatten(1).sum(dim=1)  # (E,)
+            assert (per_expert > 0).all(), f"{name} lora_{key} experts without gradient: {per_expert}"
+    for name, router in model.routers().items():
+        per_row = router.weight[0].grad.abs().sum(dim=1)
+        assert (per_row > 0).all(), f"router {name} rows without gradient: {per_row}"
+    assert all(p.grad is None for n, p in model.backbone.named_parameters() if "base_layer" in n)
+
+
+@pytest.mark.parametrize("granularity", ["utterance", "token"])
+@pytest.mark.parametrize("scope", ["block", "module"])
+def test_top_k_selects_exactly_k_and_matches_a_reference_loop(granularity, scope):
+    model = build("wav2vec2", num_experts=5, top_k=2, router_granularity=granularity, router_scope=scope).eval()
+    randomize_experts(model)
+    audio = random_audio()
+    with torch.no_grad():
+        out = model(audio)
+    for record in model.routing_context.records.values():
+        gates = record.dense_gates()  # (B, S, E)
+        assert ((gates > 0).sum(-1) == 2).all()
+        torch.testing.assert_close(gates.sum(-1), torch.ones(gates.shape[:2]))
+    usage = out.expert_usage  # (B, R, E)
+    torch.testing.assert_close(usage.sum(-1), torch.full(usage.shape[:2], 2.0))
+    # The batched mixture equals an explicit sum over selected experts of gate * expert delta.
+    layer: MoLExLinear = model.expert_layers()["encoder.layers.0.feed_forward.intermediate_dense"]
+    routing = model.routing_context.records[layer.router_name]
+    frames = routing.probs.shape[1] if granularity == "token" else 7
+    x = torch.randn(2, frames, layer.in_features)
+    gates = routing.dense_gates()
+    reference = sum(gates[..., e : e + 1] * layer.expert_delta(x, e) for e in range(5))
+    torch.testing.assert_close(layer.mixture_delta(x, routing), reference, atol=1e-5, rtol=1e-4)
+
+
+def test_padding_does_not_change_a_clip_score():
+    """Routing, pooling and the backbone all respect the attention mask (layer-norm backbone, as XLS-R)."""
+    model = build("wav2vec2-xlsr").eval()
+    randomize_experts(model)
+    clip = random_audio(1, 3000, seed=3)
+    padded = torch.cat([clip, torch.zeros(1, 1000)], dim=1)
+    batch = torch.cat([padded, random_audio(1, 4000, seed=4)])
+    mask = torch.ones_like(batch, dtype=torch.long)
+    mask[0, 3000:] = 0
+    with torch.no_grad():
+        alone = model(clip).logits[0]
+        in_batch = model(batch, attention_mask=mask).logits[0]
+    torch.testing.assert_close(alone, in_batch, atol=1e-4, rtol=1e-4)
+
+
+def test_loss_only_with_labels_and_aux_losses_returned_separately():
+    model = build("wav2vec2")
+    audio = random_audio()
+    model.eval()
+    with torch.no_grad():
+        out = model(audio)
+    assert out.loss is None and out.aux_loss is None and out.logits.shape == (2, 2)
+    model.train()
+    out = model(audio, labels=torch.tensor([1, 0]))
+    adapter = model.config.adapter
+    expected_aux = (
+        adapter.load_balance_coef * out.load_balance_loss
+        + adapter.orthogonality_coef * out.orthogonality_loss
+        + adapter.router_z_loss_coef * out.router_z_loss
+    )
+    torch.testing.assert_close(out.aux_loss, expected_aux)
+    ce = torch.nn.functional.cross_entropy(out.logits, torch.tensor([1, 0]))
+    torch.testing.assert_close(out.loss, ce + out.aux_loss)
+
+
+def test_class_weights_change_the_loss():
+    torch.manual_seed(0)
+    model = build("wav2vec2").eval()
+    audio, labels = random_audio(), torch.tensor([1, 0])
+    with torch.no_grad():
+        plain = model(audio, labels=labels).loss
+        model.config.class_weights = [1.0, 9.0]
+        weighted = model(audio, labels=labels).loss
+    assert not torch.isclose(plain, weighted)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_bf16_forward_runs(family):
+    model = build(family).to(torch.bfloat16).eval()
+    randomize_experts(model)
+    with torch.no_grad():
+        out = model(random_audio().to(torch.bfloat16))
+    assert out.logits.dtype == torch.bfloat16 and torch.isfinite(out.logits.float()).all()
+    assert out.expert_usage.shape == (2, 2, 4)
+
+
+def test_detection_score_convention_and_calibration():
+    model = build("wav2vec2")
+    logits = torch.tensor([[2.0, -1.0], [0.0, 3.0]])
+    torch.testing.assert_close(model.detection_score(logits), torch.tensor([-3.0, 3.0]))
+    model.config.calibration = {"scale": 0.5, "bias": 1.0}
+    torch.testing.assert_close(model.detection_score(logits), torch.tensor([-0.5, 2.5]))
+    assert model.config.id2label == {0: "spoof", 1: "bonafide"}
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    model = build("wav2vec2", top_k=4).train()
+    randomize_experts(model)
+    audio, labels = random_audio(), torch.tensor([0, 1])
+    torch.manual_seed(0)  # same dropout masks in both runs
+    model(audio, labels=labels).loss.backward()
+    reference = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    model.activation_checkpointing_enable()
+    torch.manual_seed(0)
+    model(audio, labels=labels).loss.backward()
+    for name, grad in reference.items():
+        torch.testing.assert_close(dict(model.named_parameters())[name].grad, grad, atol=1e-5, rtol=1e-4)

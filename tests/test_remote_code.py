@@ -1,0 +1,90 @@
+"""The Hub path: a saved folder loads with `trust_remote_code` in a fresh process that never imports this project,
+gives the same logits, and serves `pipeline("audio-classification")` on numpy audio."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import torch
+from conftest import random_audio, randomize_experts, tiny_backbone_config
+from safetensors.torch import save_file
+
+from modeling_molex import MoLExAdapterConfig, MoLExConfig, MoLExForAudioClassification
+
+
+FRESH_PROCESS_SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    import numpy as np
+    import torch
+    from safetensors.torch import load_file
+    from transformers import AutoModelForAudioClassification, pipeline
+
+    results = {}
+    for folder in sys.argv[1:]:
+        reference = load_file(folder + "/../reference.safetensors")
+        model = AutoModelForAudioClassification.from_pretrained(folder, trust_remote_code=True).eval()
+        with torch.no_grad():
+            logits = model(reference["audio"]).logits
+        classifier = pipeline("audio-classification", model=folder, trust_remote_code=True)
+        clip = reference["clip"].numpy()
+        predictions = classifier(clip)
+        with torch.no_grad():
+            clip_logits = model(**classifier.feature_extractor(clip, sampling_rate=16000, return_tensors="pt")).logits
+        results[folder] = {
+            "module": type(model).__module__,
+            "max_abs_diff": float((logits - reference["logits"]).abs().max()),
+            "pipeline": {p["label"]: p["score"] for p in predictions},
+            "expected": dict(zip(["spoof", "bonafide"], clip_logits.softmax(-1)[0].tolist())),
+            "frozen_backbone": not any(p.requires_grad for n, p in model.named_parameters() if "base_layer" in n),
+        }
+    print("RESULTS" + json.dumps(results))
+    """
+)
+
+
+def test_remote_code_loads_in_a_fresh_process_with_identical_logits(tmp_path):
+    folders = []
+    for family in ("wav2vec2", "hubert", "wavlm"):
+        torch.manual_seed(0)
+        config = MoLExConfig(
+            backbone_config=tiny_backbone_config(family), adapter=MoLExAdapterConfig(num_experts=4, top_k=2, r=4)
+        )
+        model = MoLExForAudioClassification(config).eval()
+        randomize_experts(model)
+        folder = tmp_path / family / "model"
+        model.save_pretrained(folder)
+        audio = random_audio()
+        with torch.no_grad():
+            logits = model(audio).logits
+        clip = torch.from_numpy(np.random.default_rng(0).standard_normal(8000).astype(np.float32))
+        save_file({"audio": audio, "logits": logits, "clip": clip}, str(tmp_path / family / "reference.safetensors"))
+        folders.append(str(folder))
+
+    workdir = tmp_path / "elsewhere"
+    workdir.mkdir()
+    (workdir / "script.py").write_text(FRESH_PROCESS_SCRIPT)
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": str(tmp_path),
+        "HF_HOME": str(tmp_path / "hf_home"),
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_VERBOSITY": "error",
+    }
+    completed = subprocess.run(
+        [sys.executable, "script.py", *folders], cwd=workdir, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    line = next(line for line in completed.stdout.splitlines() if line.startswith("RESULTS"))
+    results = json.loads(line.removeprefix("RESULTS"))
+    for folder in folders:
+        result = results[folder]
+        assert result["module"].startswith("transformers_modules."), "must run the shipped remote code"
+        assert result["max_abs_diff"] == 0.0
+        assert set(result["pipeline"]) == {"spoof", "bonafide"}
+        for label, score in result["expected"].items():
+            assert abs(result["pipeline"][label] - score) < 1e-6
+        assert result["frozen_backbone"]
