@@ -94,8 +94,7 @@ class MoLExLinear(nn.Module):
         result = self.base_layer(x)
         if not self.experts_enabled:
             return result
-        routing = self._routing(x)
-        return result + self.mixture_delta(x, routing).to(result.dtype)
+        return self.mixture_delta(x, self._routing(x), add_to=result)
 
     def _routing(self, x: torch.Tensor) -> RouterOutput:
         if self.router is not None:
@@ -110,32 +109,40 @@ class MoLExLinear(nn.Module):
             )
         return routing
 
-    def mixture_delta(self, x: torch.Tensor, routing: RouterOutput) -> torch.Tensor:
-        """(scaling) * sum over selected experts of gate * B A x. x: (B, T, d_in) -> (B, T, d_out)."""
+    def mixture_delta(
+        self, x: torch.Tensor, routing: RouterOutput, add_to: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """scaling * sum over selected experts of gate * B A x, for x: (B, T, d_in) -> (B, T, d_out).
+
+        With `add_to` (the base output) the sum is accumulated into it by the second matmul itself (baddbmm /
+        addmm), which saves two full passes over the (B, T, d_out) output per layer.
+        """
         if x.dim() != 3:
             raise ValueError(f"MoLExLinear expects (batch, frames, features) input, got shape {tuple(x.shape)}")
         x = self.lora_dropout(x)
         lora_a = self.stacked_lora_a().to(x.dtype)  # (E, r, d_in)
         lora_b = self.stacked_lora_b().to(x.dtype)  # (E, r, d_out)
-        batch, _, _ = x.shape
+        batch, frames, _ = x.shape
         num_experts, rank, _ = lora_a.shape
         if routing.top_k_indices.shape[1] == 1:
             # Utterance routing: gather the k chosen experts of each clip and run them only.
             indices = routing.top_k_indices[:, 0]  # (B, k)
             top_k = indices.shape[-1]
-            selected_a = lora_a[indices].reshape(batch, top_k * rank, -1)  # (B, k*r, d_in)
+            gates = routing.top_k_weights[:, 0].to(x.dtype).repeat_interleave(rank, dim=-1)  # (B, k*r)
+            selected_a = lora_a[indices].reshape(batch, top_k * rank, -1) * gates.unsqueeze(-1)  # (B, k*r, d_in)
             selected_b = lora_b[indices].reshape(batch, top_k * rank, -1)  # (B, k*r, d_out)
-            gates = routing.top_k_weights[:, 0].repeat_interleave(rank, dim=-1)  # (B, k*r)
             hidden = torch.bmm(x, selected_a.transpose(1, 2))  # (B, T, k*r)
-            hidden = hidden * gates.unsqueeze(1).to(x.dtype)
-            delta = torch.bmm(hidden, selected_b)  # (B, T, d_out)
-        else:
-            # Token routing: every expert in one matmul, unselected experts multiplied by an exact 0.
-            gates = routing.dense_gates().repeat_interleave(rank, dim=-1)  # (B, T, E*r)
-            hidden = x @ lora_a.reshape(num_experts * rank, -1).T  # (B, T, E*r)
-            hidden = hidden * gates.to(x.dtype)
-            delta = hidden @ lora_b.reshape(num_experts * rank, -1)  # (B, T, d_out)
-        return delta * self.scaling
+            if add_to is None:
+                return torch.bmm(hidden, selected_b) * self.scaling
+            return torch.baddbmm(add_to, hidden, selected_b, alpha=self.scaling)  # (B, T, d_out)
+        # Token routing: every expert in one matmul, unselected experts multiplied by an exact 0.
+        gates = routing.dense_gates().to(x.dtype).repeat_interleave(rank, dim=-1)  # (B, T, E*r)
+        hidden = (x @ lora_a.reshape(num_experts * rank, -1).T) * gates  # (B, T, E*r)
+        hidden = hidden.reshape(batch * frames, num_experts * rank)
+        flat_b = lora_b.reshape(num_experts * rank, -1)  # (E*r, d_out)
+        if add_to is None:
+            return (hidden @ flat_b).view(batch, frames, -1) * self.scaling
+        return torch.addmm(add_to.reshape(batch * frames, -1), hidden, flat_b, alpha=self.scaling).view_as(add_to)
 
     def expert_delta(self, x: torch.Tensor, expert_index: int) -> torch.Tensor:
         """What one expert alone adds at gate 1 (= a PEFT LoRA adapter with this expert's A and B)."""
