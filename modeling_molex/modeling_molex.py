@@ -139,13 +139,15 @@ class MoLExForAudioClassification(MoLExPreTrainedModel):
     ) -> "MoLExForAudioClassification":
         """Build MoLEx around pretrained SSL weights (Hub id or local folder), frozen, with zero-delta experts.
 
-        `backbone_kwargs` override the backbone config; by default SpecAugment masking is off
-        (`mask_time_prob = mask_feature_prob = 0`: the paper trains without augmentation) and layerdrop is 0. `config_kwargs` go to `MoLExConfig`.
+        `backbone_kwargs` override the backbone config; by default SpecAugment masking is off (the paper trains
+        without augmentation) and layerdrop is 0. `config_kwargs` go to `MoLExConfig`.
         """
         backbone_config = AutoConfig.from_pretrained(backbone_name_or_path)
-        for key, value in {"mask_time_prob": 0.0, "mask_feature_prob": 0.0, "layerdrop": 0.0}.items():
-            if hasattr(backbone_config, key):
-                setattr(backbone_config, key, value)
+        backbone_config.layerdrop = 0.0
+        if hasattr(backbone_config, "apply_spec_augment"):
+            backbone_config.apply_spec_augment = False  # keeps the checkpoint's masked_spec_embed loadable
+        else:
+            backbone_config.mask_time_prob = backbone_config.mask_feature_prob = 0.0
         for key, value in (backbone_kwargs or {}).items():
             if not hasattr(backbone_config, key):
                 raise ValueError(f"`backbone_kwargs` key {key!r} is not a field of {type(backbone_config).__name__}")

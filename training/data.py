@@ -16,6 +16,7 @@ written into the split's `dataset.info.description` ("... N protocol rows skippe
 import logging
 import multiprocessing
 import os
+import zlib
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Literal
@@ -247,10 +248,16 @@ class AudioCollator:
         train: bool = True,
         seed: int | None = 0,
         on_error: Literal["raise", "skip"] = "raise",
+        crop_per_utterance: bool = False,
     ):
         if on_error not in ("raise", "skip"):
             raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+        if crop_per_utterance and seed is None:
+            raise ValueError("crop_per_utterance needs an integer seed")
         self.policy, self.train, self.seed, self.on_error = policy or ClipPolicy(), train, seed, on_error
+        # With crop_per_utterance the random crop of a clip depends only on (seed, epoch, utt_id): a run resumed
+        # mid-epoch (which skips batches without collating them) sees exactly the crops of an uninterrupted run.
+        self.crop_per_utterance, self.epoch = crop_per_utterance, 0
         self._rng, self._rng_key = np.random.default_rng(seed), None
         # Shared memory, one slot per process (main = 0, worker i = i + 1), so workers' counts are visible here
         # without a lock; a RawArray, unlike a Value's lock, pickles into fork, spawn and forkserver workers alike.
@@ -269,11 +276,19 @@ class AudioCollator:
             self._rng_key = key
         return self._rng
 
-    def clips(self, wave: np.ndarray) -> list[tuple[np.ndarray, int]]:
+    def set_epoch(self, epoch: int) -> None:
+        """Select the crops of `epoch` (only matters with `crop_per_utterance`)."""
+        self.epoch = epoch
+
+    def clips(self, wave: np.ndarray, utt_id: str | None = None) -> list[tuple[np.ndarray, int]]:
         """One waveform → list of (clip, number of signal samples), following the policy for train or eval."""
         p = self.policy
         if self.train:
-            return [crop_or_pad(wave, p.num_samples, p.train_crop, p.pad, self._generator())]
+            if self.crop_per_utterance:
+                rng = np.random.default_rng([self.seed, self.epoch, zlib.crc32(str(utt_id).encode())])
+            else:
+                rng = self._generator()
+            return [crop_or_pad(wave, p.num_samples, p.train_crop, p.pad, rng)]
         if p.eval_mode == "full":
             return [(wave, len(wave))]
         if p.eval_mode == "center":
@@ -292,7 +307,7 @@ class AudioCollator:
                 self._skipped[0 if info is None else 1 + info.id % _MAX_WORKERS] += 1
                 logger.warning("skipping utterance %s: %s", row.get("utt_id"), error)
                 continue
-            for clip, num_signal in self.clips(wave):
+            for clip, num_signal in self.clips(wave, row.get("utt_id")):
                 clips.append((normalize(clip, num_signal) if self.policy.normalize else clip, num_signal))
                 labels.append(int(row["label"]))
                 utt_ids.append(row["utt_id"])

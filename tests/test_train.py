@@ -1,0 +1,195 @@
+"""training/train.py end to end on a small synthetic ASVspoof-5-layout corpus: outputs, resume, two processes,
+domain adaptation. Runs are a few optimizer steps of a tiny random backbone."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+from train_fixtures import write_synthetic_asvspoof5
+from transformers import AutoModelForAudioClassification
+
+from training import train
+from training.calibration import fit_llr_calibration
+from training.checkpointing import list_checkpoints, resolve_resume_path
+from training.score_files import read_score_file
+from training.train_config import load_yaml_config, parse_train_config
+
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = ["--num_experts", "4", "--rank", "4", "--batch_size", "4", "--eval_batch_size", "4", "--crop_samples", "8000"]
+TINY += ["--cpu", "true", "--log_with", "none", "--head_hidden_size", "16", "--seed", "3"]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    return write_synthetic_asvspoof5(tmp_path_factory.mktemp("corpus"))
+
+
+def run_args(corpus: Path, output_dir: Path, *extra: str) -> list[str]:
+    return ["--data_root", str(corpus), "--output_dir", str(output_dir), *TINY, *extra]
+
+
+def run_script(args: list[str], env_extra: dict | None = None, launcher: list[str] | None = None):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "GLOO_SOCKET_IFNAME": "lo", **(env_extra or {})}
+    command = (launcher or [sys.executable]) + [str(REPO / "training" / "train.py"), *args]
+    return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+
+
+def final_metrics(stdout: str) -> dict[str, str]:
+    lines = [line.split(" ", 2) for line in stdout.splitlines() if line.startswith("FINAL_METRICS")]
+    return {rank: payload for _, rank, payload in lines}
+
+
+def test_two_step_run_writes_a_loadable_model_and_results(corpus, tmp_path):
+    results = train.main(run_args(corpus, tmp_path, "--max_steps", "2", "--known_attacks", "A01"))
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["global_step"] == 2 and saved["num_processes"] == 1
+    for split in ("dev", "eval", "eval_known_attacks", "eval_unseen_attacks"):
+        assert set(saved["metrics"][split]) >= {"eer", "min_dcf", "act_dcf", "cllr", "num_bonafide", "num_spoof"}
+        assert 0.0 <= saved["metrics"][split]["eer"] <= 1.0
+    assert saved["metrics"]["eval_unseen_attacks"]["attacks"] == ["A04"]
+    assert saved["metrics"]["eval"]["num_bonafide"] == 6 and saved["metrics"]["eval"]["num_spoof"] == 6
+    assert results["metrics"]["dev"] == saved["metrics"]["dev"]
+    # The eval split is written once, in the official score-file format, with calibrated scores.
+    scores = read_score_file(tmp_path / "scores" / "eval_scores.tsv")
+    assert len(scores) == 12 and all(np.isfinite(list(scores.values())))
+    assert (tmp_path / "scores" / "det.png").stat().st_size > 1000
+    assert "A04" in (tmp_path / "scores" / "eval_by_attack.md").read_text()
+    # The model folder loads through the Auto API, with the dev calibration stored in its config.
+    model = AutoModelForAudioClassification.from_pretrained(tmp_path / "model", trust_remote_code=True)
+    assert model.config.calibration == saved["calibration"] and set(saved["calibration"]) == {"scale", "bias"}
+    assert (tmp_path / "model" / "train_config.yaml").is_file()
+    assert (tmp_path / "model" / "experts" / "expert_0" / "adapter_model.safetensors").is_file()
+    log = [json.loads(line) for line in (tmp_path / "logs" / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log if r["event"] == "train"] == [1, 2]
+
+
+def test_resume_after_a_hard_kill_continues_like_an_uninterrupted_run(corpus, tmp_path):
+    common = ["--max_steps", "4", "--eval_every_steps", "2", "--eval_split", ""]
+    uninterrupted = run_script(run_args(corpus, tmp_path / "full", *common))
+    assert uninterrupted.returncode == 0, uninterrupted.stderr[-3000:]
+    killed = run_script(run_args(corpus, tmp_path / "resumed", *common), {train.ABORT_AFTER_STEP_ENV: "2"})
+    assert killed.returncode == 137
+    assert [p.name for p in list_checkpoints(tmp_path / "resumed")] == ["checkpoint-2"]
+    assert not (tmp_path / "resumed" / "results.json").exists()
+    resumed = run_script(run_args(corpus, tmp_path / "resumed", *common, "--resume_from_checkpoint", "latest"))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    log = [json.loads(line) for line in (tmp_path / "resumed" / "logs" / "train_log.jsonl").read_text().splitlines()]
+    resumed_event = next(r for r in log if r["event"] == "resumed")
+    assert resumed_event["global_step"] == 2
+    steps_after_resume = [r["step"] for r in log[log.index(resumed_event) :] if r["event"] == "train"]
+    assert steps_after_resume == [3, 4]
+    train_log = {r["step"]: r for r in log if r["event"] == "train"}
+    full_log = [json.loads(line) for line in (tmp_path / "full" / "logs" / "train_log.jsonl").read_text().splitlines()]
+    for record in (r for r in full_log if r["event"] == "train"):
+        assert train_log[record["step"]]["lr"] == pytest.approx(record["lr"])
+        assert train_log[record["step"]]["loss"] == pytest.approx(record["loss"], rel=1e-4, abs=1e-5)
+    full = load_file(tmp_path / "full" / "best_trainable.safetensors")
+    again = load_file(tmp_path / "resumed" / "best_trainable.safetensors")
+    for name, tensor in full.items():
+        torch.testing.assert_close(again[name], tensor, atol=1e-6, rtol=1e-5)
+    assert final_metrics(resumed.stdout)["rank=0"] == final_metrics(uninterrupted.stdout)["rank=0"]
+
+
+def test_two_cpu_processes_agree_on_the_final_metrics(corpus, tmp_path):
+    launcher = [str(Path(sys.executable).with_name("accelerate")), "launch", "--multi_gpu", "--num_processes", "2"]
+    launcher += [
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        "0",
+    ]
+    completed = run_script(run_args(corpus, tmp_path, "--max_steps", "2"), launcher=launcher)
+    assert completed.returncode == 0, completed.stderr[-4000:]
+    metrics = final_metrics(completed.stdout)
+    assert set(metrics) == {"rank=0", "rank=1"}
+    assert metrics["rank=0"] == metrics["rank=1"]
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["num_processes"] == 2
+    assert saved["metrics"]["eval"]["num_bonafide"] + saved["metrics"]["eval"]["num_spoof"] == 12  # no duplicates
+
+
+def test_domain_adaptation_trains_only_the_new_experts(corpus, tmp_path):
+    train.main(run_args(corpus, tmp_path / "base", "--max_steps", "1", "--eval_split", ""))
+    base = load_file(tmp_path / "base" / "model" / "model.safetensors")
+    train.main(
+        run_args(
+            corpus,
+            tmp_path / "adapted",
+            "--max_steps",
+            "2",
+            "--eval_split",
+            "",
+            "--init_from",
+            str(tmp_path / "base" / "model"),
+            "--add_experts",
+            "2",
+            "--new_pack_name",
+            "domain_b",
+        )
+    )
+    adapted = load_file(tmp_path / "adapted" / "model" / "model.safetensors")
+    for name, tensor in base.items():
+        assert torch.equal(adapted[name], tensor), f"{name} changed during domain adaptation"
+    new = {name: tensor for name, tensor in adapted.items() if name not in base}
+    assert new and all(name.endswith(".1") for name in new)
+    config = json.loads((tmp_path / "adapted" / "model" / "config.json").read_text())
+    assert config["adapter"]["expert_packs"] == {"base": 4, "domain_b": 2}
+    assert config["adapter"]["frozen_packs"] == ["base"]
+
+
+def test_yaml_config_with_overrides_and_errors(tmp_path):
+    config_file = tmp_path / "run.yaml"
+    config_file.write_text("data_root: /data\nnum_experts: 6\ntop_k: 3\n")
+    config = parse_train_config(["--config", str(config_file), "--top_k", "1"])
+    assert (config.data_root, config.num_experts, config.top_k) == ("/data", 6, 1)
+    config_file.write_text("data_root: /data\nnum_expert: 6\n")
+    with pytest.raises(ValueError, match=r"run.yaml: unknown config key\(s\) \['num_expert'\]"):
+        load_yaml_config(config_file)
+    with pytest.raises(ValueError, match="`top_k`"):
+        parse_train_config(["--data_root", "/x", "--num_experts", "2", "--top_k", "3"])
+    with pytest.raises(ValueError, match="`add_experts` needs `init_from`"):
+        parse_train_config(["--data_root", "/x", "--add_experts", "2"])
+
+
+def test_shipped_configs_parse():
+    for name in ("tiny.yaml", "asvspoof5_xlsr300m.yaml", "asvspoof5_wavlm_large.yaml"):
+        config = parse_train_config(["--config", str(REPO / "configs" / name)])
+        assert config.crop_samples > 0 and config.learning_rate > 0
+
+
+def test_half_written_checkpoints_are_never_resumed(tmp_path):
+    root = tmp_path / "checkpoints"
+    (root / "checkpoint-4").mkdir(parents=True)  # killed before its state file was written
+    (root / ".staging-checkpoint-6").mkdir()
+    (root / "checkpoint-2").mkdir()
+    (root / "checkpoint-2" / "training_state.json").write_text("{}")
+    assert resolve_resume_path(tmp_path, "latest") == root / "checkpoint-2"
+    shutil.rmtree(root / "checkpoint-2")
+    assert resolve_resume_path(tmp_path, "latest") is None
+    with pytest.raises(FileNotFoundError, match="not a complete checkpoint"):
+        resolve_resume_path(tmp_path, str(root / "checkpoint-4"))
+
+
+def test_calibration_recovers_a_known_llr():
+    rng = np.random.default_rng(0)
+    # bona fide ~ N(1, 1), spoof ~ N(-1, 1): the true LLR is 2 s, whatever the class balance.
+    bonafide, spoof = rng.normal(1, 1, 4000), rng.normal(-1, 1, 36000)
+    scores = np.concatenate([bonafide, spoof]) * 3.0 + 5.0  # an affine distortion the calibration must undo
+    labels = np.concatenate([np.ones(4000), np.zeros(36000)])
+    fitted = fit_llr_calibration(scores, labels)
+    assert fitted["scale"] * 3.0 == pytest.approx(2.0, rel=0.05)
+    assert fitted["scale"] * 5.0 + fitted["bias"] == pytest.approx(0.0, abs=0.05)
+    with pytest.raises(ValueError, match="both bona fide and spoof"):
+        fit_llr_calibration([1.0, 2.0], [1, 1])

@@ -1,0 +1,149 @@
+"""The pieces a training run is assembled from: corpus, model, data loaders and optimizer, from a `TrainConfig`."""
+
+import os
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from datasets import Dataset, DatasetDict
+from torch.utils.data import DataLoader
+from transformers import get_scheduler
+
+from modeling_molex import MoLExAdapterConfig, MoLExForAudioClassification
+from training.audio import ClipPolicy
+from training.data import AudioCollator, load_asvspoof5, load_asvspoof2019_la, load_csv_dataset
+from training.quickstart import build_tiny_backbone
+from training.train_config import TINY_RANDOM_BACKBONE, TrainConfig
+
+
+def load_corpus(config: TrainConfig) -> DatasetDict:
+    """Train, dev and (if set) eval splits of the configured corpus, subsampled when asked."""
+    splits = ["train", config.dev_split] + ([config.eval_split] if config.eval_split else [])
+    root, skip = config.data_root, config.skip_missing_audio
+    if config.dataset == "asvspoof5":
+        corpus = load_asvspoof5(root, splits=splits, skip_missing=skip)
+    elif config.dataset == "asvspoof2019_la":
+        corpus = load_asvspoof2019_la(root, splits=splits, skip_missing=skip)
+    elif config.dataset == "in_the_wild":
+        raise ValueError(
+            "`dataset` in_the_wild has only an eval split: train on another corpus, score it with evaluate"
+        )
+    else:
+        corpus = load_csv_dataset(root, skip_missing=skip)
+    missing = [s for s in splits if s not in corpus]
+    if missing:
+        raise ValueError(f"`data_root` {root}: the corpus has no split(s) {missing} (it has {list(corpus)})")
+    selected = {}
+    for split in dict.fromkeys(splits):
+        limit = config.max_train_samples if split == "train" else config.max_eval_samples
+        selected[split] = _subsample(corpus[split], limit, config.seed)
+    return DatasetDict(selected)
+
+
+def _subsample(dataset: Dataset, limit: int | None, seed: int) -> Dataset:
+    """A seeded random subset (protocol files are often sorted by class or attack, so not the first N rows)."""
+    if limit is None or limit >= len(dataset):
+        return dataset
+    return dataset.shuffle(seed=seed).select(range(limit)).sort("utt_id")
+
+
+def build_model(config: TrainConfig, accelerator: Accelerator) -> MoLExForAudioClassification:
+    if config.init_from:
+        model = MoLExForAudioClassification.from_pretrained(config.init_from)
+        if config.add_experts:
+            model.add_experts(config.add_experts, pack_name=config.new_pack_name, train_head=config.train_head)
+    else:
+        backbone = config.backbone
+        if backbone == TINY_RANDOM_BACKBONE:
+            backbone = os.path.join(config.output_dir, "tiny_backbone")
+            if accelerator.is_main_process and not os.path.isfile(os.path.join(backbone, "config.json")):
+                build_tiny_backbone(backbone, config.seed)
+            accelerator.wait_for_everyone()
+        adapter = MoLExAdapterConfig(
+            num_experts=config.num_experts,
+            top_k=config.top_k,
+            r=config.rank,
+            lora_alpha=config.lora_alpha,
+            lora_dropout=config.lora_dropout,
+            target_modules=config.target_modules,
+            layers_to_transform=config.layers_to_transform,
+            router_granularity=config.router_granularity,
+            router_scope=config.router_scope,
+            router_noise_std=config.router_noise_std,
+            load_balance_coef=config.load_balance_coef,
+            orthogonality_coef=config.orthogonality_coef,
+            router_z_loss_coef=config.router_z_loss_coef,
+        )
+        torch.manual_seed(config.seed)
+        model = MoLExForAudioClassification.from_backbone(
+            backbone,
+            adapter=adapter,
+            pooling=config.pooling,
+            head_hidden_size=config.head_hidden_size,
+            head_dropout=config.head_dropout,
+            class_weights=config.class_weights,
+        )
+    if config.gradient_checkpointing:
+        model.activation_checkpointing_enable()
+    return model
+
+
+def make_loaders(
+    config: TrainConfig, corpus: DatasetDict, normalize: bool
+) -> tuple[DataLoader, dict[str, DataLoader], AudioCollator]:
+    policy = ClipPolicy(
+        num_samples=config.crop_samples, pad=config.pad, eval_mode=config.eval_mode, normalize=normalize
+    )
+    on_error = "skip" if config.skip_bad_audio else "raise"
+    train_collator = AudioCollator(policy, train=True, seed=config.seed, on_error=on_error, crop_per_utterance=True)
+    eval_collator = AudioCollator(policy, train=False, seed=config.seed, on_error=on_error)
+    train_loader = DataLoader(
+        corpus["train"],
+        batch_size=config.batch_size,
+        shuffle=True,
+        collate_fn=train_collator,
+        num_workers=config.num_workers,
+        drop_last=False,
+        # Its own generator: creating an iterator (e.g. after resuming) must not draw from the global RNG that
+        # dropout uses, or a resumed run would see other dropout masks than an uninterrupted one.
+        generator=torch.Generator().manual_seed(config.seed),
+    )
+    eval_loaders = {
+        split: DataLoader(
+            corpus[split], batch_size=config.eval_batch_size, collate_fn=eval_collator, num_workers=config.num_workers
+        )
+        for split in corpus
+        if split != "train"
+    }
+    return train_loader, eval_loaders, train_collator
+
+
+def make_optimizer(model: torch.nn.Module, config: TrainConfig, total_steps: int):
+    """AdamW on trainable parameters only; no weight decay on biases, norms and the layer weights (all 1-D)."""
+    decay, no_decay = [], []
+    for parameter in model.parameters():
+        if parameter.requires_grad:
+            (decay if parameter.ndim >= 2 else no_decay).append(parameter)
+    if not decay and not no_decay:
+        raise ValueError("The model has no trainable parameters")
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=config.learning_rate,
+    )
+    scheduler = get_scheduler(
+        config.lr_scheduler,
+        optimizer,
+        num_warmup_steps=int(config.warmup_ratio * total_steps),
+        num_training_steps=total_steps,
+    )
+    return optimizer, scheduler
+
+
+def train_attacks(corpus: DatasetDict) -> set[str]:
+    return {a for a, label in zip(corpus["train"]["attack"], corpus["train"]["label"], strict=True) if label == 0}
+
+
+def ensure_dir(path: str | Path) -> Path:
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    return path

@@ -1,0 +1,165 @@
+"""Typed training configuration: YAML files (`configs/*.yaml`) with `--key value` command-line overrides.
+
+Every field is documented where it is declared; `python training/train.py --help` prints them all. The resolved
+configuration is saved with every checkpoint and in the final model folder, so a run can always be reproduced.
+"""
+
+import argparse
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from transformers import HfArgumentParser
+
+
+TINY_RANDOM_BACKBONE = "tiny-random"
+DATASETS = ("asvspoof5", "asvspoof2019_la", "in_the_wild", "csv")
+
+
+def _help(text: str, default: Any = dataclasses.MISSING, **kwargs) -> Any:
+    if callable(default) and not isinstance(default, type):
+        return field(default_factory=default, metadata={"help": text}, **kwargs)
+    return field(default=default, metadata={"help": text}, **kwargs)
+
+
+@dataclass
+class TrainConfig:
+    # ----- model -----
+    backbone: str = _help(
+        f"Speech SSL backbone: a Hub id (facebook/wav2vec2-xls-r-300m, microsoft/wavlm-large), a local folder, or "
+        f"'{TINY_RANDOM_BACKBONE}' for a tiny randomly initialised XLS-R-shaped model (offline demos and tests).",
+        TINY_RANDOM_BACKBONE,
+    )
+    init_from: str | None = _help("Start from this trained MoLEx model folder instead of a fresh one.", None)
+    add_experts: int = _help("Domain adaptation: append this many new experts to `init_from` and train only them.", 0)
+    new_pack_name: str | None = _help("Name of the expert pack added by `add_experts` (default pack_<i>).", None)
+    train_head: bool = _help("With `add_experts`: also train the back-end (pooling + classifier).", False)
+    num_experts: int = _help("Experts per adapted linear.", 8)
+    top_k: int = _help("Experts selected per routing decision.", 2)
+    rank: int = _help("LoRA rank of every expert.", 8)
+    lora_alpha: float = _help("LoRA alpha (expert delta scaled by alpha / rank).", 16.0)
+    lora_dropout: float = _help("Dropout on expert inputs.", 0.0)
+    target_modules: list[str] = _help(
+        "Linears inside each transformer block that carry experts.",
+        lambda: ["q_proj", "k_proj", "v_proj", "out_proj", "intermediate_dense", "output_dense"],
+    )
+    layers_to_transform: list[int] | None = _help("Blocks that carry experts (all when unset).", None)
+    router_granularity: Literal["utterance", "token"] = _help(
+        "One routing decision per clip or per frame.", "utterance"
+    )
+    router_scope: Literal["block", "module"] = _help("One router per block, or one per adapted linear.", "block")
+    router_noise_std: float = _help("Gaussian noise on router logits in training.", 0.0)
+    load_balance_coef: float = _help("Weight of the load-balancing loss.", 0.01)
+    orthogonality_coef: float = _help("Weight of the expert orthogonality loss.", 0.01)
+    router_z_loss_coef: float = _help("Weight of the router z-loss.", 0.001)
+    pooling: Literal["attentive_stats", "mean"] = _help("Pooling over frames in the back-end.", "attentive_stats")
+    head_hidden_size: int = _help("Hidden size of the classification MLP.", 128)
+    head_dropout: float = _help("Dropout in the classification MLP.", 0.1)
+    class_weights: list[float] | None = _help("Cross-entropy weights [spoof, bonafide]; none when unset.", None)
+    gradient_checkpointing: bool = _help("Recompute transformer blocks in backward (less memory, more time).", False)
+    # ----- data -----
+    dataset: Literal["asvspoof5", "asvspoof2019_la", "in_the_wild", "csv"] = _help("Corpus format.", "asvspoof5")
+    data_root: str | None = _help("Corpus root (or the CSV file for dataset=csv).", None)
+    known_attacks: list[str] | None = _help(
+        "Eval attack labels that reuse a training method, reported as 'known' besides eval attacks whose label also "
+        "occurs in train (mini corpus: A07 A08 A09); every other eval attack is reported as unseen.",
+        None,
+    )
+    dev_split: str = _help("Split used for model selection and calibration.", "dev")
+    eval_split: str | None = _help("Split scored once at the end with the best model; unset to skip.", "eval")
+    max_train_samples: int | None = _help("Use only the first N training rows (quick runs).", None)
+    max_eval_samples: int | None = _help("Use only the first N dev/eval rows (quick runs).", None)
+    crop_samples: int = _help("Training crop length in samples (64,600 = 4.04 s at 16 kHz).", 64_600)
+    pad: Literal["repeat", "zero"] = _help("How clips shorter than the crop are filled.", "repeat")
+    eval_mode: Literal["full", "center", "windows"] = _help("Dev/eval clips: whole, centre crop, or windows.", "full")
+    num_workers: int = _help("DataLoader worker processes.", 0)
+    skip_missing_audio: bool = _help("Drop (and count) protocol rows whose audio file is missing.", False)
+    skip_bad_audio: bool = _help("Drop (and count) clips that fail to decode instead of stopping.", False)
+    # ----- optimisation -----
+    output_dir: str = _help("Where checkpoints, logs, scores, results.json and model/ go.", "outputs/run")
+    num_epochs: int = _help("Training epochs.", 10)
+    max_steps: int = _help("Stop after this many optimizer steps (overrides num_epochs when > 0).", -1)
+    batch_size: int = _help("Training clips per device per step.", 8)
+    eval_batch_size: int = _help("Dev/eval clips per device per forward.", 8)
+    gradient_accumulation_steps: int = _help("Micro-batches per optimizer step.", 1)
+    learning_rate: float = _help("AdamW peak learning rate.", 1e-4)
+    weight_decay: float = _help("AdamW weight decay (not on biases, norms, layer weights).", 1e-4)
+    warmup_ratio: float = _help("Fraction of the steps with linear warm-up.", 0.05)
+    lr_scheduler: Literal["cosine", "linear", "constant_with_warmup"] = _help("Schedule after warm-up.", "cosine")
+    max_grad_norm: float = _help("Gradient clipping norm (0 disables).", 1.0)
+    mixed_precision: Literal["no", "bf16", "fp16"] = _help("Autocast precision.", "no")
+    seed: int = _help("Seed for model init, data order and crops.", 42)
+    cpu: bool = _help("Force CPU even when a GPU is present (also makes multi-process runs use gloo).", False)
+    # ----- evaluation, checkpoints, logging -----
+    eval_every_steps: int = _help("Evaluate on dev every N optimizer steps (0: at the end of each epoch).", 0)
+    metric_for_best: Literal["eer", "min_dcf", "cllr", "act_dcf"] = _help(
+        "Dev metric that picks the best model.", "eer"
+    )
+    early_stopping_patience: int = _help("Stop after N dev evaluations without improvement (0: never).", 0)
+    save_total_limit: int = _help("Checkpoints kept (oldest deleted first).", 2)
+    resume_from_checkpoint: str | None = _help("A checkpoint folder, or 'latest' in output_dir.", None)
+    calibrate: bool = _help("Fit a dev-set score calibration (logistic regression to an LLR) for actDCF/Cllr.", True)
+    log_with: Literal["auto", "none", "tensorboard", "trackio"] = _help(
+        "Trackers besides the JSONL log ('auto': TensorBoard when installed).", "auto"
+    )
+
+    def __post_init__(self):
+        positive = ["num_experts", "top_k", "rank", "batch_size", "eval_batch_size", "gradient_accumulation_steps"]
+        positive += ["crop_samples", "num_epochs", "head_hidden_size", "save_total_limit"]
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"`{name}` must be >= 1, got {getattr(self, name)}")
+        for name in ("add_experts", "num_workers", "eval_every_steps", "early_stopping_patience"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"`{name}` must be >= 0, got {getattr(self, name)}")
+        if self.top_k > self.num_experts:
+            raise ValueError(f"`top_k` ({self.top_k}) cannot exceed `num_experts` ({self.num_experts})")
+        if not 0 <= self.warmup_ratio < 1:
+            raise ValueError(f"`warmup_ratio` must be in [0, 1), got {self.warmup_ratio}")
+        if self.learning_rate <= 0:
+            raise ValueError(f"`learning_rate` must be > 0, got {self.learning_rate}")
+        if self.add_experts and not self.init_from:
+            raise ValueError("`add_experts` needs `init_from` (the trained model to adapt)")
+        if self.data_root is None:
+            raise ValueError("`data_root` is required (the corpus root, or the CSV file for dataset=csv)")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+
+def load_yaml_config(path: str | Path) -> dict[str, Any]:
+    """Read a YAML config; unknown keys are errors that name the file and the key."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Config file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise ValueError(f"{path}: invalid YAML ({error})") from error
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping of field: value at the top level")
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"{path}: unknown config key(s) {unknown}; see `python training/train.py --help`")
+    return data
+
+
+def parse_train_config(argv: list[str] | None = None) -> TrainConfig:
+    """`--config FILE` sets the defaults, then every other `--key value` overrides them."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config")
+    known, remaining = pre.parse_known_args(argv)
+    parser = HfArgumentParser(TrainConfig)
+    parser.add_argument("--config", help="YAML file with default values for the fields below")
+    if known.config:
+        parser.set_defaults(**load_yaml_config(known.config))
+    # The extra --config argument comes back as a trailing namespace: the dataclass is the first output.
+    return parser.parse_args_into_dataclasses(
+        args=["--config", known.config or "", *remaining], look_for_args_file=False
+    )[0]
