@@ -21,6 +21,7 @@ from .adapter_config import MoLExAdapterConfig
 from .configuration_molex import MoLExConfig
 from .experts_io import load_expert_pack, save_expert_pack
 from .heads import AttentiveStatisticsPooling, ClassificationHead, MeanPooling, WeightedLayerSum
+from .hub_upload import push_model_in_one_commit
 from .injection import block_router_name, encoder_blocks, inject_experts
 from .layers import MoLExLinear
 from .router import (
@@ -375,6 +376,30 @@ class MoLExForAudioClassification(MoLExPreTrainedModel):
             padding_value=0.0,
             do_normalize=self.config.normalize_audio,
             return_attention_mask=True,
+        )
+
+    def push_to_hub(
+        self,
+        repo_id: str,
+        *,
+        commit_message: str | None = None,
+        private: bool | None = None,
+        token: bool | str | None = None,
+        revision: str | None = None,
+        create_pr: bool = False,
+        model_card: str | None = None,
+        **kwargs,
+    ):
+        """Upload config, weights, remote code, preprocessor and every expert folder in one commit (see hub_upload.py)."""
+        return push_model_in_one_commit(
+            self,
+            repo_id,
+            commit_message=commit_message,
+            private=private,
+            token=token,
+            revision=revision,
+            create_pr=create_pr,
+            model_card=model_card,
         )
 
     def save_pretrained(self, save_directory: str | os.PathLike, *args, **kwargs) -> None:

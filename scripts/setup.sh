@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up everything MoLEx needs on a fresh machine, idempotently:
 #  - Debian packages listed in scripts/apt-packages*.txt (when run as root and some are missing);
-#  - a local virtual environment .venv with the project (editable) and its training + dev extras.
+#  - a local virtual environment .venv with the project (editable) and its training, demo and dev extras.
 # torch is pinned to 2.13.0 in pyproject.toml: its CPU build installs offline; an unpinned torch pulls GBs of CUDA.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,7 +28,11 @@ fi
 stamp=.venv/.molex-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   echo "[setup] installing the project into .venv (about 1-2 minutes the first time)"
-  .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[training,dev]" 2>&1 | grep -v "is ignored: it is neither" || true
-  .venv/bin/python -c "import torch, transformers, peft, datasets, accelerate" 
+  if ! .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[training,demo,dev]" > .venv/pip-install.log 2>&1; then
+    grep -v "is ignored: it is neither" .venv/pip-install.log | tail -30 >&2
+    echo "[setup] pip install failed (full log: .venv/pip-install.log)" >&2
+    exit 1
+  fi
+  .venv/bin/python -c "import torch, transformers, peft, datasets, accelerate, gradio"
   touch "$stamp"
 fi

@@ -29,7 +29,7 @@ class TrainConfig:
     # ----- model -----
     backbone: str = _help(
         f"Speech SSL backbone: a Hub id (facebook/wav2vec2-xls-r-300m, microsoft/wavlm-large), a local folder, or "
-        f"'{TINY_RANDOM_BACKBONE}' for a tiny randomly initialised XLS-R-shaped model (offline demos and tests).",
+        f"'{TINY_RANDOM_BACKBONE}' for a tiny randomly initialised wav2vec2 (offline demos and tests).",
         TINY_RANDOM_BACKBONE,
     )
     init_from: str | None = _help("Start from this trained MoLEx model folder instead of a fresh one.", None)

@@ -1,0 +1,55 @@
+"""Expert analysis: usage tables, heatmap, routing signatures, novel-attack score."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import randomize_experts, tiny_backbone_config
+from train_fixtures import write_synthetic_asvspoof5
+
+from modeling_molex import MoLExAdapterConfig, MoLExConfig, MoLExForAudioClassification
+from training.analyze_experts import SIGNATURES_FILE, analyze, novelty_scores, roc_auc, specialisation, usage_by_group
+
+
+def test_novelty_is_zero_on_a_centroid_and_one_for_disjoint_routing():
+    # 2 routers x 4 experts, top-2: known class uses experts {0, 1} everywhere.
+    known = np.array([[1, 1, 0, 0], [1, 1, 0, 0]], dtype=float)
+    disjoint = np.array([[0, 0, 1, 1], [0, 0, 1, 1]], dtype=float)
+    half = np.array([[1, 0, 1, 0], [1, 1, 0, 0]], dtype=float)
+    scores = novelty_scores(np.stack([known, disjoint, half]), known.reshape(1, -1), top_k=2)
+    np.testing.assert_allclose(scores, [0.0, 1.0, 0.25])
+
+
+def test_roc_auc_matches_pairwise_counting_with_ties():
+    positive, negative = np.array([0.9, 0.5, 0.5]), np.array([0.5, 0.1])
+    pairs = [(p > n) + 0.5 * (p == n) for p in positive for n in negative]
+    assert roc_auc(positive, negative) == pytest.approx(np.mean(pairs))
+
+
+def test_usage_tables_and_specialisation():
+    usage = np.array([[[1, 0, 1]], [[1, 0, 1]], [[0, 1, 1]]], dtype=float)  # (3 clips, 1 router, 3 experts)
+    table = usage_by_group(usage, ["A01", "A01", "A02"])
+    np.testing.assert_allclose(table["A01"], [[1, 0, 1]])
+    assert specialisation(table) == {"expert_0": ["A01"], "expert_1": ["A02"], "expert_2": []}
+
+
+def test_analysis_end_to_end_on_a_small_corpus(tmp_path):
+    corpus = write_synthetic_asvspoof5(tmp_path / "corpus", per_class=4)
+    torch.manual_seed(0)
+    adapter = MoLExAdapterConfig(num_experts=4, top_k=2, r=4)
+    model = MoLExForAudioClassification(MoLExConfig(backbone_config=tiny_backbone_config("wav2vec2"), adapter=adapter))
+    randomize_experts(model, std=1.0)
+    model.save_pretrained(tmp_path / "model")
+    results = analyze(str(tmp_path / "model"), str(corpus), "eval", "train", str(tmp_path / "analysis"), batch_size=4)
+    assert set(results["usage_by_attack"]) == {"A01", "A04", "bonafide"}
+    for table in results["usage_by_attack"].values():
+        assert np.allclose(np.asarray(table).sum(axis=-1), 2.0)  # each router picks exactly top-2
+    assert results["novelty"]["separation"]["num_unseen"] == 2  # the A04 spoofs: never seen in training
+    assert 0.0 <= results["novelty"]["separation"]["roc_auc_unseen_vs_known"] <= 1.0
+    assert (tmp_path / "analysis" / "expert_usage_eval.png").stat().st_size > 1000
+    signatures = json.loads((tmp_path / "model" / SIGNATURES_FILE).read_text())
+    assert set(signatures["known"]) == {"A01", "A02", "bonafide"}
+    assert len(signatures["known"]["A01"]) == 2 * 4 and 0.0 <= signatures["threshold"] <= 1.0
+    rows = (tmp_path / "analysis" / "routing_signatures_eval.tsv").read_text().splitlines()
+    assert rows[0].split("\t") == ["utt_id", "attack", "codec", "novelty", "signature"] and len(rows) == 1 + 8

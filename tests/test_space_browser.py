@@ -1,0 +1,126 @@
+"""The demo in a real browser: headless Debian Chromium driven by Playwright uploads a clip, presses Detect and reads
+the verdict; bad input shows a message and the page keeps working. Screenshots go to tests/artifacts/ (gitignored).
+
+Needs the Debian `chromium` package (scripts/apt-packages-demo.txt) and `playwright` from PyPI; Playwright's own
+browser download (`playwright install`) is never used.
+"""
+
+import re
+import socket
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+from audio_fixtures import write_clip, write_lines
+
+
+CHROMIUM = "/usr/bin/chromium"
+ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
+SPACE_DIR = Path(__file__).resolve().parent.parent / "space_app"
+sys.path.insert(0, str(SPACE_DIR))
+
+pytestmark = pytest.mark.skipif(
+    not Path(CHROMIUM).is_file(),
+    reason=f"Debian chromium is not installed at {CHROMIUM} (apt-get install -y chromium; scripts/setup.sh does it)",
+)
+
+import app  # noqa: E402
+from detector import Detector  # noqa: E402
+from example_clips import example_clips  # noqa: E402
+from playwright.sync_api import expect, sync_playwright  # noqa: E402
+from test_space_app import build_space_model  # noqa: E402
+
+from training.quickstart import generated_clip  # noqa: E402
+
+
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+TIMEOUT_MS = 30_000
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    """A running demo with example clips, its detector, and a long clip to upload."""
+    root = tmp_path_factory.mktemp("space_browser")
+    detector = Detector(str(build_space_model(root / "model")))
+    corpus = root / "corpus"
+    write_lines(
+        corpus / "ASVspoof5.eval.track_1.tsv",
+        ["E_1 E_0000000001 F - - - - bonafide bonafide -", "E_2 E_0000000002 M - - - AC1 A11 spoof -"],
+    )
+    for number in (1, 2):
+        write_clip(corpus / "flac_E_eval" / f"E_{number:010d}.flac", 1.0, seed=number)
+    clip = root / "speech_10s.wav"
+    sf.write(clip, np.concatenate([generated_clip(5.0, seed=s) for s in (3, 4)]), 16_000)
+    not_audio = root / "notes.wav"
+    not_audio.write_text("meeting notes, not audio\n")
+
+    demo = app.build_demo(detector, example_clips(corpus))
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    demo.launch(
+        server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, allowed_paths=[str(corpus)]
+    )
+    yield {
+        "url": f"http://127.0.0.1:{port}/",
+        "detector": detector,
+        "clip": clip,
+        "not_audio": not_audio,
+        "spoof_example": corpus / "flac_E_eval" / "E_0000000002.flac",
+    }
+    demo.close()
+
+
+@pytest.fixture(scope="module")
+def page():
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 1000})
+        page.set_default_timeout(TIMEOUT_MS)
+        yield page
+        browser.close()
+
+
+def upload(page, path: Path) -> None:
+    page.locator("input[type=file]").first.set_input_files(str(path))
+
+
+def test_upload_detect_and_read_the_verdict(served, page):
+    expected = served["detector"].predict(served["clip"])
+    page.goto(served["url"])
+    expect(page.get_by_text("Examples from the mini corpus")).to_be_visible()
+    upload(page, served["clip"])
+    expect(page.get_by_text("speech_10s.wav")).to_be_visible()
+    page.get_by_role("button", name="Detect").click()
+
+    verdict = page.get_by_role("heading", name="Verdict:")
+    expect(verdict).to_be_visible()
+    assert verdict.inner_text().strip() == f"Verdict: {expected.verdict}"
+    expect(page.get_by_text(f"Score {expected.score:+.4f}")).to_be_visible()
+    expect(page.get_by_text("4 windows of 4.04 s")).to_be_visible()
+    expect(page.get_by_text("Novel-attack indicator: not available for this model")).to_be_visible()
+    expect(page.locator("#timeline img")).to_be_visible()
+    expect(page.locator("#expert-usage img")).to_be_visible()
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "space_app_verdict.png"), full_page=True)
+    assert (ARTIFACTS / "space_app_verdict.png").stat().st_size > 10_000
+
+
+def test_non_audio_upload_shows_a_message_then_the_page_still_works(served, page):
+    page.goto(served["url"])
+    upload(page, served["not_audio"])
+    page.get_by_role("button", name="Detect").click()
+    expect(page.get_by_text("notes.wav is not an audio file this demo can read")).to_be_visible()
+    page.wait_for_timeout(1000)  # let the error toast finish sliding in before the screenshot
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "space_app_bad_input.png"))
+
+    # Same page, next request: an example clip from the corpus (served through allowed_paths) is scored.
+    page.get_by_role("button", name="spoof (A11)").click()
+    expect(page.get_by_role("link", name="Download")).to_have_attribute("href", re.compile(r"E_0000000002\.flac$"))
+    page.get_by_role("button", name="Detect").click()
+    expected = served["detector"].predict(served["spoof_example"])
+    expect(page.get_by_role("heading", name="Verdict:")).to_have_text(f"Verdict: {expected.verdict}")
+    expect(page.get_by_text("Clip: 1.00 s at 16000 Hz")).to_be_visible()

@@ -1,0 +1,201 @@
+"""Which experts fire for which attacks: usage tables, the heatmap, routing signatures and a novel-attack score.
+
+    python -m training.analyze_experts MODEL_DIR DATA_ROOT --split eval [--reference_split train] [--output_dir D]
+
+- Usage per attack (and per codec) per layer: the mean of each clip's `expert_usage` (routers x experts) -> JSON and
+  a heatmap PNG (attacks x experts, one panel per layer), the figure the MoLEx paper discusses.
+- Routing signature of a clip: its flattened usage. Signatures of the reference split (train: attacks the model
+  knows) are averaged per attack into centroids.
+- Novel-attack score of a clip: L1 distance of its signature to the nearest centroid, divided by its maximum
+  (2 * top_k * routers), so 0 = routed exactly like a known class, 1 = disjoint experts everywhere. The threshold is
+  the 95th percentile of the reference clips' own scores. Centroids + threshold go to MODEL_DIR/routing_signatures.json
+  for the demo; how well the score separates unseen from known attacks (ROC AUC) is reported, not assumed.
+"""
+
+import argparse
+import json
+from pathlib import Path
+
+import matplotlib
+
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from accelerate import Accelerator  # noqa: E402
+from datasets import Dataset  # noqa: E402
+from torch.utils.data import DataLoader  # noqa: E402
+
+from modeling_molex import MoLExForAudioClassification  # noqa: E402
+from training.audio import ClipPolicy  # noqa: E402
+from training.data import AudioCollator, load_asvspoof5, load_asvspoof2019_la  # noqa: E402
+from training.run_setup import _subsample  # noqa: E402
+from training.scoring import SplitScores, score_loader  # noqa: E402
+
+
+SIGNATURES_FILE = "routing_signatures.json"
+NOVELTY_PERCENTILE = 95.0
+
+
+def usage_by_group(usage: np.ndarray, groups: list[str]) -> dict[str, np.ndarray]:
+    """Mean (routers, experts) usage per group label."""
+    names = np.array(groups)
+    return {name: usage[names == name].mean(axis=0) for name in sorted(set(groups))}
+
+
+def novelty_scores(signatures: np.ndarray, centroids: np.ndarray, top_k: int) -> np.ndarray:
+    """(N, R, E) usage vs (C, R*E) centroids -> (N,) L1 distance to the nearest centroid / (2 * top_k * R).
+
+    Each router's usage row sums to top_k, so two rows differ by at most 2 * top_k in L1: the score is in [0, 1].
+    """
+    flat = signatures.reshape(len(signatures), -1)
+    distances = np.abs(flat[:, None, :] - centroids[None, :, :]).sum(axis=-1)  # (N, C)
+    return distances.min(axis=1) / (2.0 * top_k * signatures.shape[1])
+
+
+def roc_auc(positive: np.ndarray, negative: np.ndarray) -> float:
+    """P(score of a positive > score of a negative), ties counted half (Mann-Whitney U / (n_p n_n))."""
+    ranks = np.concatenate([positive, negative]).argsort().argsort().astype(float)
+    values = np.concatenate([positive, negative])
+    for value in np.unique(values):  # average ranks of ties
+        tied = values == value
+        ranks[tied] = ranks[tied].mean()
+    u = ranks[: len(positive)].sum() - len(positive) * (len(positive) - 1) / 2
+    return float(u / (len(positive) * len(negative)))
+
+
+def save_heatmap(path: Path, table: dict[str, np.ndarray], router_names: list[str], title: str) -> None:
+    groups = list(table)
+    stacked = np.stack([table[g] for g in groups])  # (G, R, E)
+    num_routers, num_experts = stacked.shape[1:]
+    columns = min(num_routers, 4)
+    rows = int(np.ceil(num_routers / columns))
+    figure, axes = plt.subplots(rows, columns, figsize=(2.2 + 0.45 * num_experts * columns, 0.9 + 0.32 * len(groups) * rows), squeeze=False)
+    for index, axis in enumerate(axes.flat):
+        if index >= num_routers:
+            axis.axis("off")
+            continue
+        image = axis.imshow(stacked[:, index, :], aspect="auto", cmap="viridis", vmin=0, vmax=max(stacked.max(), 1e-9))
+        axis.set_title(router_names[index], fontsize=9)
+        axis.set_xticks(range(num_experts), [str(e) for e in range(num_experts)], fontsize=7)
+        axis.set_yticks(range(len(groups)), groups if index % columns == 0 else [""] * len(groups), fontsize=7)
+        axis.set_xlabel("expert", fontsize=8)
+    figure.colorbar(image, ax=axes, shrink=0.8, label="share of selections")
+    figure.suptitle(title, fontsize=10)
+    figure.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(figure)
+
+
+def specialisation(table: dict[str, np.ndarray], ratio: float = 1.5) -> dict[str, list[str]]:
+    """Expert -> attacks whose usage of it (mean over layers) is >= `ratio` x its mean over all groups."""
+    groups = [g for g in table if g != "bonafide"]
+    if not groups:
+        return {}
+    per_group = np.stack([table[g].mean(axis=0) for g in groups])  # (G, E)
+    overall = per_group.mean(axis=0)
+    return {
+        f"expert_{e}": [groups[g] for g in np.flatnonzero(per_group[:, e] >= ratio * max(overall[e], 1e-9))]
+        for e in range(per_group.shape[1])
+    }
+
+
+def score_split(model, dataset: Dataset, batch_size: int) -> SplitScores:
+    policy = ClipPolicy(normalize=model.config.normalize_audio, eval_mode="full")
+    loader = DataLoader(dataset, batch_size=batch_size, collate_fn=AudioCollator(policy, train=False))
+    return score_loader(model, loader, Accelerator(cpu=True), with_usage=True, description="routing")
+
+
+def analyze(
+    model_dir: str, data_root: str, split: str, reference_split: str, output_dir: str | None,
+    dataset_name: str = "asvspoof5", known_attacks: list[str] | None = None, max_samples: int | None = None,
+    batch_size: int = 16,
+) -> dict:
+    model = MoLExForAudioClassification.from_pretrained(model_dir).eval()
+    loader = load_asvspoof5 if dataset_name == "asvspoof5" else load_asvspoof2019_la
+    corpus = loader(data_root, splits=list(dict.fromkeys([reference_split, split])))
+    output = Path(output_dir or Path(model_dir).parent / "analysis")
+    output.mkdir(parents=True, exist_ok=True)
+    top_k = model.config.adapter.top_k
+    results: dict = {"model": str(model_dir), "split": split, "reference_split": reference_split}
+    scored = {}
+    for name in dict.fromkeys([reference_split, split]):
+        dataset = _subsample(corpus[name], max_samples, seed=0)
+        scored[name] = (score_split(model, dataset, batch_size), dict(zip(dataset["utt_id"], dataset["attack"], strict=True)),
+                        dict(zip(dataset["utt_id"], dataset["codec"], strict=True)))
+    reference, reference_attack, _ = scored[reference_split]
+    reference_groups = [reference_attack[u] for u in reference.utt_ids]
+    centroid_table = usage_by_group(reference.expert_usage, reference_groups)
+    known_names = list(centroid_table)
+    centroids = np.stack([centroid_table[g].reshape(-1) for g in known_names])
+    reference_novelty = novelty_scores(reference.expert_usage, centroids, top_k)
+    threshold = float(np.percentile(reference_novelty, NOVELTY_PERCENTILE))
+
+    target, attack_of, codec_of = scored[split]
+    attacks = [attack_of[u] for u in target.utt_ids]
+    codecs = [codec_of[u] for u in target.utt_ids]
+    by_attack = usage_by_group(target.expert_usage, attacks)
+    by_codec = usage_by_group(target.expert_usage, codecs)
+    novelty = novelty_scores(target.expert_usage, centroids, top_k)
+    router_names = model.router_names
+    save_heatmap(output / f"expert_usage_{split}.png", by_attack, router_names, f"Expert usage per attack ({split})")
+    save_heatmap(output / f"expert_usage_{reference_split}.png", centroid_table, router_names, f"Expert usage per attack ({reference_split})")
+
+    known = set(known_names) | set(known_attacks or [])
+    attack_array = np.array(attacks)
+    is_spoof = target.labels == 0
+    unseen = is_spoof & ~np.isin(attack_array, list(known))
+    seen = ~unseen
+    separation = None
+    if unseen.any() and seen.any():
+        separation = {
+            "roc_auc_unseen_vs_known": roc_auc(novelty[unseen], novelty[seen]),
+            "flagged_unseen": float((novelty[unseen] > threshold).mean()),
+            "flagged_known": float((novelty[seen] > threshold).mean()),
+            "num_unseen": int(unseen.sum()), "num_known": int(seen.sum()),
+        }
+    results |= {
+        "router_names": router_names,
+        "usage_by_attack": {k: v.round(4).tolist() for k, v in by_attack.items()},
+        "usage_by_codec": {k: v.round(4).tolist() for k, v in by_codec.items()},
+        "usage_by_attack_reference": {k: v.round(4).tolist() for k, v in centroid_table.items()},
+        "expert_specialisation": specialisation(centroid_table),
+        "novelty": {
+            "threshold": threshold,
+            "mean_by_attack": {a: float(novelty[attack_array == a].mean()) for a in sorted(set(attacks))},
+            "separation": separation,
+        },
+        "figures": {"expert_usage": f"expert_usage_{split}.png", "expert_usage_reference": f"expert_usage_{reference_split}.png"},
+    }
+    (output / "expert_analysis.json").write_text(json.dumps(results, indent=2) + "\n")
+    with open(output / f"routing_signatures_{split}.tsv", "w") as handle:
+        handle.write("utt_id\tattack\tcodec\tnovelty\tsignature\n")
+        for i, utt_id in enumerate(target.utt_ids):
+            signature = " ".join(f"{v:.3g}" for v in target.expert_usage[i].reshape(-1))
+            handle.write(f"{utt_id}\t{attacks[i]}\t{codecs[i]}\t{novelty[i]:.4f}\t{signature}\n")
+    signatures = {
+        "distance": "L1 distance to the nearest known centroid / (2 * top_k * routers)",
+        "top_k": top_k, "router_names": router_names, "threshold": threshold,
+        "known": {name: centroids[i].round(5).tolist() for i, name in enumerate(known_names)},
+    }
+    (Path(model_dir) / SIGNATURES_FILE).write_text(json.dumps(signatures, indent=2) + "\n")
+    return results
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("model_dir")
+    parser.add_argument("data_root")
+    parser.add_argument("--split", default="eval")
+    parser.add_argument("--reference_split", default="train")
+    parser.add_argument("--dataset", default="asvspoof5", choices=["asvspoof5", "asvspoof2019_la"])
+    parser.add_argument("--known_attacks", nargs="*", help="eval attacks that reuse a training method")
+    parser.add_argument("--output_dir")
+    parser.add_argument("--max_samples", type=int)
+    args = parser.parse_args(argv)
+    results = analyze(args.model_dir, args.data_root, args.split, args.reference_split, args.output_dir,
+                      args.dataset, args.known_attacks, args.max_samples)
+    print(json.dumps({"specialisation": results["expert_specialisation"], "novelty": results["novelty"]}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
