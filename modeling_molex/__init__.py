@@ -8,7 +8,8 @@ from transformers import AutoConfig, AutoModelForAudioClassification
 
 from .adapter_config import MoLExAdapterConfig
 from .configuration_molex import MoLExConfig
-from .modeling_molex import MoLExAudioClassifierOutput, MoLExForAudioClassification, detection_scores
+from .modeling_molex import MoLExForAudioClassification
+from .outputs import MoLExAudioClassifierOutput, detection_scores
 from .router import RouterOutput, TopKRouter
 
 

@@ -8,14 +8,12 @@ more bona fide (label 1 = bonafide, 0 = spoof), mapped to a log-likelihood ratio
 import contextlib
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import AutoConfig, AutoModel, PreTrainedModel, Wav2Vec2FeatureExtractor
 from transformers import initialization as init
-from transformers.utils import ModelOutput
 
 from .adapter_config import MoLExAdapterConfig
 from .configuration_molex import MoLExConfig
@@ -24,6 +22,7 @@ from .heads import AttentiveStatisticsPooling, ClassificationHead, MeanPooling, 
 from .hub_upload import push_model_in_one_commit
 from .injection import block_router_name, encoder_blocks, inject_experts
 from .layers import MoLExLinear
+from .outputs import MoLExAudioClassifierOutput, detection_scores, routing_summary
 from .router import (
     RouterOutput,
     RoutingContext,
@@ -32,40 +31,6 @@ from .router import (
     load_balancing_loss,
     router_z_loss,
 )
-
-
-@dataclass
-class MoLExAudioClassifierOutput(ModelOutput):
-    """Output of [`MoLExForAudioClassification`].
-
-    Args:
-        loss: cross-entropy + `aux_loss`, only when `labels` are given.
-        logits: (B, 2) scores for `[spoof, bonafide]`.
-        aux_loss: weighted sum of the three router/expert losses below (training or when labels are given).
-        load_balance_loss, orthogonality_loss, router_z_loss: the unweighted auxiliary losses.
-        expert_usage: (B, R, E) share of each clip's real routing decisions that selected each expert, per router
-            (R routers in `model.router_names` order). With utterance routing the entries are 0 or 1.
-        router_probs: (B, R, E) mean router probability per clip and router.
-        hidden_states: the backbone's hidden states when `output_hidden_states=True`.
-    """
-
-    loss: torch.Tensor | None = None
-    logits: torch.Tensor | None = None
-    aux_loss: torch.Tensor | None = None
-    load_balance_loss: torch.Tensor | None = None
-    orthogonality_loss: torch.Tensor | None = None
-    router_z_loss: torch.Tensor | None = None
-    expert_usage: torch.Tensor | None = None
-    router_probs: torch.Tensor | None = None
-    hidden_states: tuple[torch.Tensor, ...] | None = None
-
-
-def detection_scores(logits: torch.Tensor, calibration: dict[str, float] | None = None) -> torch.Tensor:
-    """(B, 2) logits -> (B,) scores, higher = more bona fide; an LLR when `calibration` is given."""
-    scores = logits[..., 1].float() - logits[..., 0].float()
-    if calibration is not None:
-        scores = calibration["scale"] * scores + calibration["bias"]
-    return scores
 
 
 class MoLExPreTrainedModel(PreTrainedModel):
@@ -298,7 +263,7 @@ class MoLExForAudioClassification(MoLExPreTrainedModel):
             if self.config.class_weights is not None:
                 weight = torch.tensor(self.config.class_weights, device=logits.device, dtype=torch.float32)
             loss = F.cross_entropy(logits.float(), labels.long(), weight=weight) + aux["aux_loss"]
-        usage, probs = _routing_summary(records)
+        usage, probs = routing_summary(records)
         return MoLExAudioClassifierOutput(
             loss=loss,
             logits=logits,
@@ -421,20 +386,3 @@ def _backbone_normalizes_audio(backbone_name_or_path: str) -> bool:
         return bool(Wav2Vec2FeatureExtractor.from_pretrained(backbone_name_or_path).do_normalize)
     except (OSError, ValueError):
         return True
-
-
-def _routing_summary(records: list[RouterOutput]) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """(B, R, E) expert usage and mean router probabilities per clip, detached."""
-    if not records:
-        return None, None
-    usage, probs = [], []
-    for record in records:
-        num_experts = record.probs.shape[-1]
-        selected = F.one_hot(record.top_k_indices, num_experts).sum(dim=-2).float()  # (B, S, E)
-        weights = (
-            torch.ones(selected.shape[:2], device=selected.device) if record.mask is None else record.mask.float()
-        )
-        weights = (weights / weights.sum(dim=1, keepdim=True).clamp(min=1.0)).unsqueeze(-1)  # (B, S, 1)
-        usage.append((selected * weights).sum(dim=1))  # (B, E)
-        probs.append((record.probs * weights).sum(dim=1))
-    return torch.stack(usage, dim=1).detach(), torch.stack(probs, dim=1).detach()

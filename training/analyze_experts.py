@@ -70,7 +70,9 @@ def save_heatmap(path: Path, table: dict[str, np.ndarray], router_names: list[st
     num_routers, num_experts = stacked.shape[1:]
     columns = min(num_routers, 4)
     rows = int(np.ceil(num_routers / columns))
-    figure, axes = plt.subplots(rows, columns, figsize=(2.2 + 0.45 * num_experts * columns, 0.9 + 0.32 * len(groups) * rows), squeeze=False)
+    figure, axes = plt.subplots(
+        rows, columns, figsize=(2.2 + 0.45 * num_experts * columns, 0.9 + 0.32 * len(groups) * rows), squeeze=False
+    )
     for index, axis in enumerate(axes.flat):
         if index >= num_routers:
             axis.axis("off")
@@ -106,8 +108,14 @@ def score_split(model, dataset: Dataset, batch_size: int) -> SplitScores:
 
 
 def analyze(
-    model_dir: str, data_root: str, split: str, reference_split: str, output_dir: str | None,
-    dataset_name: str = "asvspoof5", known_attacks: list[str] | None = None, max_samples: int | None = None,
+    model_dir: str,
+    data_root: str,
+    split: str,
+    reference_split: str,
+    output_dir: str | None,
+    dataset_name: str = "asvspoof5",
+    known_attacks: list[str] | None = None,
+    max_samples: int | None = None,
     batch_size: int = 16,
 ) -> dict:
     model = MoLExForAudioClassification.from_pretrained(model_dir).eval()
@@ -120,8 +128,11 @@ def analyze(
     scored = {}
     for name in dict.fromkeys([reference_split, split]):
         dataset = _subsample(corpus[name], max_samples, seed=0)
-        scored[name] = (score_split(model, dataset, batch_size), dict(zip(dataset["utt_id"], dataset["attack"], strict=True)),
-                        dict(zip(dataset["utt_id"], dataset["codec"], strict=True)))
+        scored[name] = (
+            score_split(model, dataset, batch_size),
+            dict(zip(dataset["utt_id"], dataset["attack"], strict=True)),
+            dict(zip(dataset["utt_id"], dataset["codec"], strict=True)),
+        )
     reference, reference_attack, _ = scored[reference_split]
     reference_groups = [reference_attack[u] for u in reference.utt_ids]
     centroid_table = usage_by_group(reference.expert_usage, reference_groups)
@@ -138,7 +149,12 @@ def analyze(
     novelty = novelty_scores(target.expert_usage, centroids, top_k)
     router_names = model.router_names
     save_heatmap(output / f"expert_usage_{split}.png", by_attack, router_names, f"Expert usage per attack ({split})")
-    save_heatmap(output / f"expert_usage_{reference_split}.png", centroid_table, router_names, f"Expert usage per attack ({reference_split})")
+    save_heatmap(
+        output / f"expert_usage_{reference_split}.png",
+        centroid_table,
+        router_names,
+        f"Expert usage per attack ({reference_split})",
+    )
 
     known = set(known_names) | set(known_attacks or [])
     attack_array = np.array(attacks)
@@ -151,7 +167,8 @@ def analyze(
             "roc_auc_unseen_vs_known": roc_auc(novelty[unseen], novelty[seen]),
             "flagged_unseen": float((novelty[unseen] > threshold).mean()),
             "flagged_known": float((novelty[seen] > threshold).mean()),
-            "num_unseen": int(unseen.sum()), "num_known": int(seen.sum()),
+            "num_unseen": int(unseen.sum()),
+            "num_known": int(seen.sum()),
         }
     results |= {
         "router_names": router_names,
@@ -164,7 +181,10 @@ def analyze(
             "mean_by_attack": {a: float(novelty[attack_array == a].mean()) for a in sorted(set(attacks))},
             "separation": separation,
         },
-        "figures": {"expert_usage": f"expert_usage_{split}.png", "expert_usage_reference": f"expert_usage_{reference_split}.png"},
+        "figures": {
+            "expert_usage": f"expert_usage_{split}.png",
+            "expert_usage_reference": f"expert_usage_{reference_split}.png",
+        },
     }
     (output / "expert_analysis.json").write_text(json.dumps(results, indent=2) + "\n")
     with open(output / f"routing_signatures_{split}.tsv", "w") as handle:
@@ -174,7 +194,9 @@ def analyze(
             handle.write(f"{utt_id}\t{attacks[i]}\t{codecs[i]}\t{novelty[i]:.4f}\t{signature}\n")
     signatures = {
         "distance": "L1 distance to the nearest known centroid / (2 * top_k * routers)",
-        "top_k": top_k, "router_names": router_names, "threshold": threshold,
+        "top_k": top_k,
+        "router_names": router_names,
+        "threshold": threshold,
         "known": {name: centroids[i].round(5).tolist() for i, name in enumerate(known_names)},
     }
     (Path(model_dir) / SIGNATURES_FILE).write_text(json.dumps(signatures, indent=2) + "\n")
@@ -192,8 +214,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--output_dir")
     parser.add_argument("--max_samples", type=int)
     args = parser.parse_args(argv)
-    results = analyze(args.model_dir, args.data_root, args.split, args.reference_split, args.output_dir,
-                      args.dataset, args.known_attacks, args.max_samples)
+    results = analyze(
+        args.model_dir,
+        args.data_root,
+        args.split,
+        args.reference_split,
+        args.output_dir,
+        args.dataset,
+        args.known_attacks,
+        args.max_samples,
+    )
     print(json.dumps({"specialisation": results["expert_specialisation"], "novelty": results["novelty"]}, indent=2))
 
 

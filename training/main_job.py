@@ -17,11 +17,19 @@ from training import analyze_experts, baseline_mfcc, make_mini_corpus, train
 from training.train_config import load_yaml_config
 
 
-ROWS = (("dev", "dev"), ("eval (all)", "eval"), ("eval, known attacks", "eval_known"), ("eval, unseen attacks", "eval_unseen"))
+ROWS = (
+    ("dev", "dev"),
+    ("eval (all)", "eval"),
+    ("eval, known attacks", "eval_known"),
+    ("eval, unseen attacks", "eval_unseen"),
+)
 
 
 def corpus_ready(root: Path) -> bool:
-    return all((root / name).is_file() for name in ("ASVspoof5.train.tsv", "ASVspoof5.dev.track_1.tsv", "ASVspoof5.eval.track_1.tsv"))
+    return all(
+        (root / name).is_file()
+        for name in ("ASVspoof5.train.tsv", "ASVspoof5.dev.track_1.tsv", "ASVspoof5.eval.track_1.tsv")
+    )
 
 
 def _percent(metrics: dict | None, key: str = "eer") -> str:
@@ -51,33 +59,47 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--corpus_dir", help="default: the config's data_root")
     parser.add_argument("--rebuild_corpus", action="store_true")
     parser.add_argument("--per_attack", type=int, default=100, help="mini corpus clips per attack")
+    parser.add_argument("--bonafide_per_split", type=int, default=200, help="mini corpus bona fide clips per split")
     parser.add_argument("--train_args", nargs=argparse.REMAINDER, default=[], help="extra train.py overrides")
     args = parser.parse_args(argv)
     started = time.time()
     config = load_yaml_config(args.config)
     output_dir = Path(args.output_dir or config["output_dir"])
     corpus = Path(args.corpus_dir or config["data_root"])
+    output_dir.mkdir(parents=True, exist_ok=True)
 
     if args.rebuild_corpus or not corpus_ready(corpus):
         print(f"[1/5] building the mini corpus in {corpus}")
-        make_mini_corpus.main([str(corpus), "--per-attack", str(args.per_attack), "--workers", "2"])
+        sizes = ["--per-attack", str(args.per_attack), "--bonafide-per-split", str(args.bonafide_per_split)]
+        if make_mini_corpus.main([str(corpus), *sizes, "--workers", "2"]) != 0:
+            raise RuntimeError(f"building the mini corpus in {corpus} failed (its error is printed above)")
     else:
         print(f"[1/5] mini corpus already in {corpus}")
     print("[2/5] MFCC + logistic regression baseline")
-    baseline_mfcc.main([str(corpus), "--out", str(output_dir / "baseline_mfcc.json")])
+    if baseline_mfcc.main([str(corpus), "--out", str(output_dir / "baseline_mfcc.json")]) != 0:
+        raise RuntimeError(f"the MFCC baseline failed on {corpus} (its error is printed above)")
     baseline = json.loads((output_dir / "baseline_mfcc.json").read_text())
     print("[3/5] training MoLEx")
-    train_argv = ["--config", args.config, "--output_dir", str(output_dir), "--data_root", str(corpus), *args.train_args]
+    train_argv = [
+        "--config",
+        args.config,
+        "--output_dir",
+        str(output_dir),
+        "--data_root",
+        str(corpus),
+        *args.train_args,
+    ]
     molex = train.main(train_argv)
     print("[4/5] expert analysis")
-    known = [a for a in config.get("known_attacks") or []]
+    known = list(config.get("known_attacks") or [])
     analysis = analyze_experts.analyze(
         str(output_dir / "model"), str(corpus), "eval", "train", str(output_dir / "analysis"), known_attacks=known
     )
     molex["expert_specialisation"] = analysis["expert_specialisation"]
     molex["novelty"] = analysis["novelty"]
     molex.setdefault("figures", {})["expert_usage"] = "analysis/" + analysis["figures"]["expert_usage"]
-    molex["baseline_mfcc"] = {key: baseline.get(key) for key, _ in (("dev", 0), ("eval", 0), ("eval_known", 0), ("eval_unseen", 0))}
+    molex["baseline_mfcc"] = {key: baseline.get(key) for key in ("dev", "eval", "eval_known", "eval_unseen")}
+    molex["dataset"]["display_name"] = "MoLEx mini corpus (Debian speech packages, ASVspoof 5 layout)"
     molex["main_job_wall_time_s"] = round(time.time() - started, 1)
     (output_dir / "results.json").write_text(json.dumps(molex, indent=2) + "\n")
     (output_dir / "model" / "results.json").write_text(json.dumps(molex, indent=2) + "\n")
@@ -86,10 +108,14 @@ def main(argv: list[str] | None = None) -> dict:
     print(results_table(molex, baseline))
     separation = analysis["novelty"]["separation"]
     if separation:
-        print(f"novel-attack score (routing distance to known attacks): ROC AUC unseen vs known = "
-              f"{separation['roc_auc_unseen_vs_known']:.3f} (0.5 = no separation)")
+        print(
+            f"novel-attack score (routing distance to known attacks): ROC AUC unseen vs known = "
+            f"{separation['roc_auc_unseen_vs_known']:.3f} (0.5 = no separation)"
+        )
     print(f"expert-usage heatmap: {output_dir / 'analysis' / analysis['figures']['expert_usage']}")
-    print(f"model folder (served by `python space_app/app.py`): {output_dir / 'model'}")
+    print(
+        f"model folder: {output_dir / 'model'}  (demo: .venv/bin/python space_app/app.py --model {output_dir / 'model'})"
+    )
     print(f"wall time: {molex['main_job_wall_time_s']:.0f} s")
     return molex
 
