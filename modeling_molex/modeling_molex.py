@@ -343,29 +343,10 @@ class MoLExForAudioClassification(MoLExPreTrainedModel):
             return_attention_mask=True,
         )
 
-    def push_to_hub(
-        self,
-        repo_id: str,
-        *,
-        commit_message: str | None = None,
-        private: bool | None = None,
-        token: bool | str | None = None,
-        revision: str | None = None,
-        create_pr: bool = False,
-        model_card: str | None = None,
-        **kwargs,
-    ):
-        """Upload config, weights, remote code, preprocessor and every expert folder in one commit (see hub_upload.py)."""
-        return push_model_in_one_commit(
-            self,
-            repo_id,
-            commit_message=commit_message,
-            private=private,
-            token=token,
-            revision=revision,
-            create_pr=create_pr,
-            model_card=model_card,
-        )
+    def push_to_hub(self, repo_id: str, **kwargs):
+        """Upload config, weights, remote code, preprocessor and every expert folder in ONE commit. Keyword
+        arguments: `commit_message`, `private`, `token`, `revision`, `create_pr`, `model_card` (see hub_upload.py)."""
+        return push_model_in_one_commit(self, repo_id, **kwargs)
 
     def save_pretrained(self, save_directory: str | os.PathLike, *args, **kwargs) -> None:
         """Hub-ready folder: config + weights + remote code, `preprocessor_config.json`, and `experts/` (one PEFT
