@@ -24,12 +24,20 @@ MODES = {
     "MoLEx E8 k2 r8 (6 proj, all blocks)": {"molex": True},
     "MoLEx + activation checkpointing": {"molex": True, "checkpointing": True},
     "MoLEx, upper half of the blocks": {"molex": True, "upper_half": True},
+    "MoLEx + checkpointing every 2nd block": {"molex": True, "checkpointing": True, "every_n_layers": 2},
+    "MoLEx, upper half + checkpointing": {"molex": True, "upper_half": True, "checkpointing": True},
 }
 SIX = ["q_proj", "k_proj", "v_proj", "out_proj", "intermediate_dense", "output_dense"]
 XLSR_300M = {
-    "hidden_size": 1024, "num_hidden_layers": 24, "num_attention_heads": 16, "intermediate_size": 4096,
-    "feat_extract_norm": "layer", "do_stable_layer_norm": True, "conv_bias": True,
-    "num_conv_pos_embeddings": 128, "num_conv_pos_embedding_groups": 16,
+    "hidden_size": 1024,
+    "num_hidden_layers": 24,
+    "num_attention_heads": 16,
+    "intermediate_size": 4096,
+    "feat_extract_norm": "layer",
+    "do_stable_layer_norm": True,
+    "conv_bias": True,
+    "num_conv_pos_embeddings": 128,
+    "num_conv_pos_embedding_groups": 16,
 }
 
 
@@ -47,11 +55,13 @@ def run_mode(mode: str, steps: int, batch: int, seconds: float, threads: int, sm
     if options.get("molex"):
         from modeling_molex import MoLExAdapterConfig, MoLExConfig, MoLExForAudioClassification
 
-        layers = list(range(config.num_hidden_layers // 2, config.num_hidden_layers)) if options.get("upper_half") else None
+        layers = (
+            list(range(config.num_hidden_layers // 2, config.num_hidden_layers)) if options.get("upper_half") else None
+        )
         adapter = MoLExAdapterConfig(num_experts=8, top_k=2, r=8, target_modules=SIX, layers_to_transform=layers)
         model = MoLExForAudioClassification(MoLExConfig(backbone_config=config, adapter=adapter))
         if options.get("checkpointing"):
-            model.activation_checkpointing_enable()
+            model.activation_checkpointing_enable(every_n_layers=options.get("every_n_layers", 1))
 
         def loss_fn():
             return model(audio, labels=labels).loss
@@ -108,8 +118,10 @@ def main() -> None:
             results[mode].append(json.loads(completed.stdout.strip().splitlines()[-1]))
             print(f"round {round_index + 1}: {mode}: {results[mode][-1]}", file=sys.stderr, flush=True)
     shape = "wav2vec2-base" if args.small else "XLS-R-300M"
-    print(f"{shape} shape, random weights, batch {args.batch} x {args.seconds:g} s, {args.threads} threads, CPU, "
-          f"{args.rounds} rounds x {args.steps} steps")
+    print(
+        f"{shape} shape, random weights, batch {args.batch} x {args.seconds:g} s, {args.threads} threads, CPU, "
+        f"{args.rounds} rounds x {args.steps} steps"
+    )
     print("| mode | trainable params | step (s) | step vs full FT | peak RSS (GiB) | memory vs full FT |")
     print("|---|---|---|---|---|---|")
     reference = args.modes[0]
@@ -118,8 +130,10 @@ def main() -> None:
     for mode, runs in results.items():
         step = statistics.median(r["step_s"] for r in runs)
         memory = statistics.median(r["peak_gib"] for r in runs)
-        print(f"| {mode} | {runs[0]['trainable']:,} | {step:.2f} | {step / base_step:.2f}x | {memory:.2f} | "
-              f"{memory / base_memory:.2f}x |")
+        print(
+            f"| {mode} | {runs[0]['trainable']:,} | {step:.2f} | {step / base_step:.2f}x | {memory:.2f} | "
+            f"{memory / base_memory:.2f}x |"
+        )
 
 
 if __name__ == "__main__":

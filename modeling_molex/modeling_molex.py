@@ -164,6 +164,11 @@ class MoLExForAudioClassification(MoLExPreTrainedModel):
         for parameter in self.backbone.parameters():
             parameter.requires_grad_(False)
         for module in self.backbone.modules():
+            # The CNN feature encoder marks its output as requiring grad in training (for gradient checkpointing)
+            # unless frozen this way; that would store its activations and backpropagate through it for nothing.
+            if hasattr(module, "_freeze_parameters") and hasattr(module, "_requires_grad"):
+                module._freeze_parameters()
+        for module in self.backbone.modules():
             if isinstance(module, MoLExLinear):
                 for i, (lora_a, lora_b) in enumerate(zip(module.lora_A, module.lora_B, strict=True)):
                     lora_a.requires_grad_(trainable_pack[i])

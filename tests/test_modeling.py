@@ -182,3 +182,14 @@ def test_gradient_checkpointing_gives_the_same_gradients():
     model(audio, labels=labels).loss.backward()
     for name, grad in reference.items():
         torch.testing.assert_close(dict(model.named_parameters())[name].grad, grad, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_no_graph_below_the_transformer_in_training(family):
+    """The frozen CNN feature encoder must not build a graph (transformers marks its output as requiring grad in
+    training unless it is frozen with `_freeze_parameters`), or training stores and backpropagates it for nothing."""
+    model = build(family).train()
+    captured = {}
+    model.backbone.feature_extractor.register_forward_hook(lambda m, i, o: captured.update(requires_grad=o.requires_grad))
+    model(random_audio(), labels=torch.tensor([0, 1])).loss.backward()
+    assert captured["requires_grad"] is False
