@@ -11,10 +11,31 @@ from training import main_job
 def test_main_job_runs_end_to_end(tmp_path, capsys):
     _packages_or_skip()
     output = tmp_path / "main"
-    train_args = ["--max_steps", "2", "--batch_size", "4", "--eval_batch_size", "8", "--num_experts", "4", "--rank", "4"]
+    train_args = [
+        "--max_steps",
+        "2",
+        "--batch_size",
+        "4",
+        "--eval_batch_size",
+        "8",
+        "--num_experts",
+        "4",
+        "--rank",
+        "4",
+    ]
     molex = main_job.main(
-        ["--output_dir", str(output), "--corpus_dir", str(tmp_path / "corpus"), "--per_attack", "2",
-         "--bonafide_per_split", "4", "--train_args", *train_args]
+        [
+            "--output_dir",
+            str(output),
+            "--corpus_dir",
+            str(tmp_path / "corpus"),
+            "--per_attack",
+            "2",
+            "--bonafide_per_split",
+            "4",
+            "--train_args",
+            *train_args,
+        ]
     )
     printed = capsys.readouterr().out
     assert "| eval, unseen attacks |" in printed and "MFCC+LR EER (%)" in printed

@@ -190,6 +190,8 @@ def test_no_graph_below_the_transformer_in_training(family):
     training unless it is frozen with `_freeze_parameters`), or training stores and backpropagates it for nothing."""
     model = build(family).train()
     captured = {}
-    model.backbone.feature_extractor.register_forward_hook(lambda m, i, o: captured.update(requires_grad=o.requires_grad))
+    model.backbone.feature_extractor.register_forward_hook(
+        lambda m, i, o: captured.update(requires_grad=o.requires_grad)
+    )
     model(random_audio(), labels=torch.tensor([0, 1])).loss.backward()
     assert captured["requires_grad"] is False

@@ -84,7 +84,7 @@ def build_model(config: TrainConfig, accelerator: Accelerator) -> MoLExForAudioC
             class_weights=config.class_weights,
         )
     if config.gradient_checkpointing:
-        model.activation_checkpointing_enable()
+        model.activation_checkpointing_enable(every_n_layers=config.checkpoint_every_n_blocks)
     return model
 
 

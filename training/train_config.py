@@ -59,6 +59,9 @@ class TrainConfig:
     head_dropout: float = _help("Dropout in the classification MLP.", 0.1)
     class_weights: list[float] | None = _help("Cross-entropy weights [spoof, bonafide]; none when unset.", None)
     gradient_checkpointing: bool = _help("Recompute transformer blocks in backward (less memory, more time).", False)
+    checkpoint_every_n_blocks: int = _help(
+        "With gradient_checkpointing: recompute only every n-th block (2 halves the extra time; see bench_train).", 1
+    )
     # ----- data -----
     dataset: Literal["asvspoof5", "asvspoof2019_la", "in_the_wild", "csv"] = _help("Corpus format.", "asvspoof5")
     data_root: str | None = _help("Corpus root (or the CSV file for dataset=csv).", None)
@@ -107,7 +110,7 @@ class TrainConfig:
 
     def __post_init__(self):
         positive = ["num_experts", "top_k", "rank", "batch_size", "eval_batch_size", "gradient_accumulation_steps"]
-        positive += ["crop_samples", "num_epochs", "head_hidden_size", "save_total_limit"]
+        positive += ["crop_samples", "num_epochs", "head_hidden_size", "save_total_limit", "checkpoint_every_n_blocks"]
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"`{name}` must be >= 1, got {getattr(self, name)}")
