@@ -12,14 +12,12 @@ from pathlib import Path
 
 from accelerate import Accelerator
 from datasets import Dataset
-from torch.utils.data import DataLoader
 
 from modeling_molex import MoLExForAudioClassification
-from training.audio import ClipPolicy
-from training.data import AudioCollator, load_asvspoof5, load_asvspoof2019_la, load_csv_dataset, load_in_the_wild
+from training.data import load_asvspoof5, load_asvspoof2019_la, load_csv_dataset, load_in_the_wild
 from training.metrics import format_table
-from training.run_setup import _subsample
-from training.scoring import metrics_for, score_loader, write_split_reports
+from training.run_setup import subsample
+from training.scoring import metrics_for, score_dataset, write_split_reports
 
 
 def load_split(dataset: str, root: str, split: str) -> Dataset:
@@ -45,11 +43,9 @@ def evaluate_model(
     eval_mode: str = "full",
 ) -> dict:
     model = MoLExForAudioClassification.from_pretrained(model_dir).eval()
-    data = _subsample(load_split(dataset, data_root, split), max_samples, seed=0)
-    policy = ClipPolicy(normalize=model.config.normalize_audio, eval_mode=eval_mode)
-    loader = DataLoader(data, batch_size=batch_size, collate_fn=AudioCollator(policy, train=False))
+    data = subsample(load_split(dataset, data_root, split), max_samples, seed=0)
     accelerator = Accelerator()
-    scores = score_loader(accelerator.prepare(model), accelerator.prepare(loader), accelerator, description=split)
+    scores = score_dataset(model, data, batch_size, eval_mode=eval_mode, accelerator=accelerator)
     calibration = model.config.calibration if calibrated else None
     metrics = metrics_for(scores, calibration)
     result = {

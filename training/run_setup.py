@@ -36,11 +36,11 @@ def load_corpus(config: TrainConfig) -> DatasetDict:
     selected = {}
     for split in dict.fromkeys(splits):
         limit = config.max_train_samples if split == "train" else config.max_eval_samples
-        selected[split] = _subsample(corpus[split], limit, config.seed)
+        selected[split] = subsample(corpus[split], limit, config.seed)
     return DatasetDict(selected)
 
 
-def _subsample(dataset: Dataset, limit: int | None, seed: int) -> Dataset:
+def subsample(dataset: Dataset, limit: int | None, seed: int) -> Dataset:
     """A seeded random subset (protocol files are often sorted by class or attack, so not the first N rows)."""
     if limit is None or limit >= len(dataset):
         return dataset

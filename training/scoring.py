@@ -14,10 +14,13 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import gather_object
 from datasets import Dataset
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from modeling_molex import detection_scores
+from training.audio import ClipPolicy
 from training.calibration import apply_calibration
+from training.data import AudioCollator
 from training.metrics import breakdown_by_attack, breakdown_by_codec, compute_metrics, format_table
 from training.score_files import write_key_file, write_score_file
 
@@ -55,6 +58,23 @@ def score_loader(
     model.train(was_training)
     rows = gather_object(local) if accelerator.num_processes > 1 else local
     return _average_per_utterance(rows, with_usage)
+
+
+def score_dataset(
+    model: torch.nn.Module,
+    dataset: Dataset,
+    batch_size: int = 8,
+    with_usage: bool = False,
+    eval_mode: str = "full",
+    accelerator: Accelerator | None = None,
+) -> SplitScores:
+    """Score a dataset outside a training run (evaluation and analysis scripts); shards it when `accelerator`
+    runs several processes."""
+    accelerator = accelerator or Accelerator()
+    policy = ClipPolicy(normalize=model.config.normalize_audio, eval_mode=eval_mode)
+    loader = DataLoader(dataset, batch_size=batch_size, collate_fn=AudioCollator(policy, train=False))
+    model, loader = accelerator.prepare(model, loader)
+    return score_loader(model, loader, accelerator, with_usage=with_usage, description=str(dataset.split or "scoring"))
 
 
 def _average_per_utterance(rows: list[tuple], with_usage: bool) -> SplitScores:
