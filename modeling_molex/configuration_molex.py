@@ -42,6 +42,9 @@ class MoLExConfig(PretrainedConfig):
         calibration (`dict`, *optional*):
             `{"scale": a, "bias": b}` mapping the raw score `logit[bonafide] - logit[spoof]` to a calibrated
             log-likelihood ratio `a * score + b` (fitted on dev by the training script). Needed for actDCF/Cllr.
+        crop_samples (`int`, defaults to 64600):
+            Clip length (samples) the model was trained on; 64,600 = 4.04 s, the ASVspoof baselines' crop. The model
+            accepts any length; scoring code that cuts long clips into windows (the demo) uses this length.
         sampling_rate (`int`, defaults to 16000):
             Sampling rate the backbone expects; written to `preprocessor_config.json`.
         normalize_audio (`bool`, defaults to `True`):
@@ -65,6 +68,7 @@ class MoLExConfig(PretrainedConfig):
         head_dropout: float = 0.1,
         class_weights: list[float] | None = None,
         calibration: dict[str, float] | None = None,
+        crop_samples: int = 64_600,
         sampling_rate: int = 16000,
         normalize_audio: bool = True,
         initializer_range: float = 0.02,
@@ -81,6 +85,7 @@ class MoLExConfig(PretrainedConfig):
         self.head_dropout = head_dropout
         self.class_weights = list(class_weights) if class_weights is not None else None
         self.calibration = dict(calibration) if calibration is not None else None
+        self.crop_samples = crop_samples
         self.sampling_rate = sampling_rate
         self.normalize_audio = normalize_audio
         self.initializer_range = initializer_range
@@ -93,7 +98,7 @@ class MoLExConfig(PretrainedConfig):
     def _validate(self) -> None:
         if self.pooling not in POOLING_TYPES:
             raise ValueError(f"`pooling` must be one of {POOLING_TYPES}, got {self.pooling!r}")
-        for name in ("attention_hidden_size", "head_hidden_size", "sampling_rate"):
+        for name in ("attention_hidden_size", "head_hidden_size", "sampling_rate", "crop_samples"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"`{name}` must be a positive int, got {value!r}")
@@ -141,13 +146,12 @@ def _build_backbone_config(backbone_config: PretrainedConfig | dict | None) -> P
 
 
 def _build_adapter_config(adapter: MoLExAdapterConfig | dict | None) -> MoLExAdapterConfig:
+    """Always a fresh copy: `add_experts` edits the config in place, so two models must never share one."""
     if adapter is None:
         return MoLExAdapterConfig()
     if isinstance(adapter, dict):
         return MoLExAdapterConfig.from_dict(adapter)
-    if isinstance(adapter, MoLExAdapterConfig):
-        return adapter
-    # Remote code loaded twice gives two MoLExAdapterConfig classes: accept any object with the same fields.
+    # `to_dict` also accepts the class of a second remote-code load, which is a different Python class.
     if hasattr(adapter, "to_dict"):
         return MoLExAdapterConfig.from_dict(adapter.to_dict())
     raise ValueError(f"`adapter` must be a MoLExAdapterConfig or a dict, got {type(adapter)}")

@@ -122,8 +122,10 @@ def save_expert_pack(
         pack_sizes: dict[str, int] = {}
         for index in indices:
             pack_sizes[packs_of_expert[index]] = pack_sizes.get(packs_of_expert[index], 0) + 1
+        # A pack may hold fewer experts than the host's top_k; the host's top_k is what routes them once loaded.
+        top_k = min(adapter.top_k, len(indices))
         pack_config = MoLExAdapterConfig.from_dict(
-            {**adapter.to_dict(), "expert_packs": pack_sizes, "frozen_packs": []}
+            {**adapter.to_dict(), "expert_packs": pack_sizes, "frozen_packs": [], "top_k": top_k}
         )
         pack_config.save_pretrained(staging)
         backbone = model.config.backbone_config

@@ -17,17 +17,21 @@ class WeightedLayerSum(nn.Module):
         return torch.einsum("l,lbtd->btd", weights, stacked)  # (B, T, D)
 
 
+def masked_mean(hidden: torch.Tensor, frame_mask: torch.Tensor | None) -> torch.Tensor:
+    """(B, T, D) -> (B, D), averaging real frames only (frame_mask: (B, T) bool, True = real)."""
+    if frame_mask is None:
+        return hidden.mean(dim=1)
+    weights = frame_mask.to(hidden.dtype).unsqueeze(-1)  # (B, T, 1)
+    return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+
+
 class MeanPooling(nn.Module):
     """Masked mean over real frames."""
 
     output_multiplier = 1
 
     def forward(self, hidden: torch.Tensor, frame_mask: torch.Tensor | None) -> torch.Tensor:
-        # hidden: (B, T, D); frame_mask: (B, T) bool -> (B, D)
-        if frame_mask is None:
-            return hidden.mean(dim=1)
-        weights = frame_mask.to(hidden.dtype).unsqueeze(-1)
-        return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+        return masked_mean(hidden, frame_mask)
 
 
 class AttentiveStatisticsPooling(nn.Module):

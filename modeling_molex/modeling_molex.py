@@ -7,6 +7,8 @@ more bona fide (label 1 = bonafide, 0 = spoof), mapped to a log-likelihood ratio
 
 import contextlib
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 
 import torch
@@ -119,9 +121,10 @@ class MoLExForAudioClassification(MoLExPreTrainedModel):
                 raise ValueError(f"`backbone_kwargs` key {key!r} is not a field of {type(backbone_config).__name__}")
             setattr(backbone_config, key, value)
         backbone = AutoModel.from_pretrained(backbone_name_or_path, config=backbone_config)
-        adapter = MoLExAdapterConfig.from_dict(adapter) if isinstance(adapter, dict) else adapter
-        adapter = adapter if adapter is not None else MoLExAdapterConfig()
-        adapter.base_model_name_or_path = str(backbone_name_or_path)
+        adapter = MoLExAdapterConfig.from_dict(
+            adapter if isinstance(adapter, dict) else (adapter or MoLExAdapterConfig()).to_dict()
+        )
+        adapter.base_model_name_or_path = str(backbone_name_or_path)  # on a copy: the caller's object is untouched
         config_kwargs.setdefault("normalize_audio", _backbone_normalizes_audio(backbone_name_or_path))
         config = MoLExConfig(
             backbone_config=backbone.config,
@@ -136,9 +139,16 @@ class MoLExForAudioClassification(MoLExPreTrainedModel):
     @classmethod
     def from_pretrained(cls, *args, **kwargs) -> "MoLExForAudioClassification":
         # Loading materialises fresh parameters (requires_grad=True everywhere): freeze again after it.
-        model = super().from_pretrained(*args, **kwargs)
+        wants_info = kwargs.pop("output_loading_info", False)
+        model, info = super().from_pretrained(*args, output_loading_info=True, **kwargs)
+        missing = [key for key in info.get("missing_keys", []) if _is_molex_parameter(key)]
+        if missing:
+            raise ValueError(
+                f"{args[0] if args else kwargs.get('pretrained_model_name_or_path')}: the checkpoint lacks "
+                f"{len(missing)} expert/router weights that config.json declares, e.g. {sorted(missing)[:5]}"
+            )
         model.apply_trainability()
-        return model
+        return (model, info) if wants_info else model
 
     def load_backbone_state_dict(self, state_dict: dict[str, torch.Tensor]) -> None:
         """Load vanilla backbone weights (keys as in `AutoModel`) under the expert wrappers; strict on both sides."""
@@ -157,8 +167,12 @@ class MoLExForAudioClassification(MoLExPreTrainedModel):
             raise ValueError(f"Backbone checkpoint lacks {len(missing)} weights, e.g. {missing[:5]}")
         self.backbone.load_state_dict(remapped, strict=False)
 
-    def apply_trainability(self, train_head: bool = True) -> None:
-        """Freeze the backbone; train experts and router rows of non-frozen packs, and (optionally) the back-end."""
+    def apply_trainability(self, train_head: bool | None = None) -> None:
+        """Freeze the backbone; train experts and router rows of non-frozen packs, and (optionally) the back-end.
+
+        `train_head=None` keeps the back-end as it was last set (trainable for a fresh or loaded model)."""
+        train_head = getattr(self, "_train_head", True) if train_head is None else train_head
+        self._train_head = train_head
         adapter = self.config.adapter
         trainable_pack = [name not in adapter.frozen_packs for name in adapter.expert_packs]
         for parameter in self.backbone.parameters():
@@ -355,11 +369,27 @@ class MoLExForAudioClassification(MoLExPreTrainedModel):
 
     def save_pretrained(self, save_directory: str | os.PathLike, *args, **kwargs) -> None:
         """Hub-ready folder: config + weights + remote code, `preprocessor_config.json`, and `experts/` (one PEFT
-        LoRA folder per expert plus the pack's MoLEx `adapter_config.json` and router rows)."""
-        super().save_pretrained(save_directory, *args, **kwargs)
-        if kwargs.get("is_main_process", True):
-            self.feature_extractor().save_pretrained(save_directory)
-            save_expert_pack(self, os.path.join(save_directory, "experts"), None)
+        LoRA folder per expert plus the pack's MoLEx `adapter_config.json` and router rows).
+
+        Everything is written to a staging folder first and moved into place only when all of it succeeded, so a
+        failure never leaves a folder whose weights, config and experts disagree."""
+        if not kwargs.get("is_main_process", True):
+            return
+        save_directory = os.path.abspath(save_directory)
+        os.makedirs(os.path.dirname(save_directory), exist_ok=True)
+        staging = tempfile.mkdtemp(prefix=".molex-save-", dir=os.path.dirname(save_directory))
+        try:
+            super().save_pretrained(staging, *args, **kwargs)
+            self.feature_extractor().save_pretrained(staging)
+            save_expert_pack(self, os.path.join(staging, "experts"), None)
+            os.makedirs(save_directory, exist_ok=True)
+            for name in os.listdir(staging):
+                target = os.path.join(save_directory, name)
+                if os.path.isdir(target) and not os.path.islink(target):
+                    shutil.rmtree(target)
+                os.replace(os.path.join(staging, name), target)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
 
 
 def _is_molex_parameter(key: str) -> bool:

@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .heads import masked_mean
+
 
 @dataclass
 class RouterOutput:
@@ -92,7 +94,7 @@ class TopKRouter(nn.Module):
         features = hidden_states.float()
         mask = frame_mask
         if self.granularity == "utterance":
-            features = _masked_mean(features, frame_mask).unsqueeze(1)  # (B, 1, D)
+            features = masked_mean(features, frame_mask).unsqueeze(1)  # (B, 1, D)
             mask = None
         logits = F.linear(features, self.full_weight().float())  # (B, S, E)
         if self.training and self.noise_std > 0:
@@ -102,14 +104,6 @@ class TopKRouter(nn.Module):
         if self.normalize_top_k and self.top_k > 1:
             top_k_probs = top_k_probs / top_k_probs.sum(dim=-1, keepdim=True)
         return RouterOutput(logits, probs, top_k_indices, top_k_probs, mask)
-
-
-def _masked_mean(features: torch.Tensor, frame_mask: torch.Tensor | None) -> torch.Tensor:
-    # features: (B, T, D) -> (B, D), averaging real frames only
-    if frame_mask is None:
-        return features.mean(dim=1)
-    weights = frame_mask.to(features.dtype).unsqueeze(-1)  # (B, T, 1)
-    return (features * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
 
 
 def _flatten_decisions(record: RouterOutput) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -144,7 +144,9 @@ def build_demo(detector: Detector, examples: list[ExampleClip] = ()) -> gr.Block
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", help="model folder or Hub id (default: $MOLEX_MODEL, then the main job's folder)")
-    parser.add_argument("--crop_samples", type=int, default=CROP_SAMPLES, help="window length in samples")
+    parser.add_argument(
+        "--crop_samples", type=int, default=CROP_SAMPLES, help="window length in samples (default: the training crop)"
+    )
     parser.add_argument("--max_seconds", type=float, default=MAX_SECONDS, help="longest clip accepted")
     parser.add_argument("--examples_dir", help="corpus in the ASVspoof 5 layout (default: $MOLEX_EXAMPLES_DIR)")
     parser.add_argument("--host", help="default: gradio's (127.0.0.1, or $GRADIO_SERVER_NAME)")

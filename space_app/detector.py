@@ -1,7 +1,7 @@
 """The demo's inference, without any UI: load a MoLEx model once, score an audio file, explain the score.
 
 A clip is decoded with soundfile (any rate, any channel count), averaged to mono and resampled with soxr to the
-model's rate. It is then cut into windows of `crop_samples` (4.04 s, the training crop) every `hop_samples`; the last
+model's rate. It is then cut into windows of `crop_samples` (the model's training crop) every `hop_samples`; the last
 window ends at the clip end, and a clip shorter than one window is repeated up to its length, as in training. Every
 window is scored, and the clip's score is the **mean of the window scores**: mean logits -> `detection_score`, which
 is linear, so this equals the mean of the per-window scores (an LLR when the model has `config.calibration`).
@@ -21,7 +21,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 import torch
-from routing_novelty import SIGNATURES_FILE, NoveltyResult, RoutingSignatures, load_routing_signatures, routing_novelty
+from routing_novelty import SIGNATURES_FILE, NoveltyResult, RoutingSignatures, clip_novelty, load_routing_signatures
 from transformers import AutoFeatureExtractor, AutoModelForAudioClassification
 
 
@@ -44,7 +44,8 @@ logger = logging.getLogger(__name__)
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # Where the main job writes its model, newest layout first (relative to the repository root or the working dir).
 DEFAULT_MODEL_DIRS = ("outputs/main/model", "outputs/quickstart/model")
-CROP_SAMPLES = int(os.environ.get("MOLEX_CROP_SAMPLES", 64_600))  # 4.04 s at 16 kHz, the training crop
+# Window length: MOLEX_CROP_SAMPLES if set, else the crop the model was trained on (its config's crop_samples).
+CROP_SAMPLES = int(os.environ["MOLEX_CROP_SAMPLES"]) if os.environ.get("MOLEX_CROP_SAMPLES") else None
 MIN_SECONDS = 0.1
 MAX_SECONDS = float(os.environ.get("MOLEX_MAX_SECONDS", 120.0))
 DECISION_THRESHOLD = 0.0  # score >= 0: bona fide (equal priors and costs)
@@ -111,7 +112,8 @@ class Detector:
 
     Args:
         model: a model folder (e.g. the main job's `outputs/main/model`) or a Hub repo id.
-        crop_samples: window length in samples at the model's rate.
+        crop_samples: window length in samples at the model's rate; default: the model's training crop
+            (`config.crop_samples`, 64,600 = 4.04 s when the config predates that field).
         hop_samples: hop between windows; defaults to half a window.
         max_seconds: longer files are refused before decoding (memory and waiting time are bounded).
     """
@@ -119,17 +121,19 @@ class Detector:
     def __init__(
         self,
         model: str,
-        crop_samples: int = CROP_SAMPLES,
+        crop_samples: int | None = CROP_SAMPLES,
         hop_samples: int | None = None,
         max_seconds: float = MAX_SECONDS,
     ):
+        self.model_name = model
+        self.model = AutoModelForAudioClassification.from_pretrained(model, trust_remote_code=True).eval()
+        if crop_samples is None:
+            crop_samples = int(getattr(self.model.config, "crop_samples", 64_600))
         if crop_samples <= 0 or (hop_samples is not None and hop_samples <= 0) or max_seconds < MIN_SECONDS:
             raise ValueError(
                 f"crop_samples and hop_samples must be > 0 and max_seconds >= {MIN_SECONDS}, got "
                 f"{crop_samples}, {hop_samples}, {max_seconds}"
             )
-        self.model_name = model
-        self.model = AutoModelForAudioClassification.from_pretrained(model, trust_remote_code=True).eval()
         self.feature_extractor = AutoFeatureExtractor.from_pretrained(model)
         self.sampling_rate = int(self.model.config.sampling_rate)
         self.crop_samples = crop_samples
@@ -242,7 +246,7 @@ class Detector:
             window_scores=window_scores.tolist(),
             router_names=self.router_names,
             expert_usage=mean_usage.tolist(),
-            novelty=routing_novelty(mean_usage, self.signatures, self.top_k) if self.signatures is not None else None,
+            novelty=clip_novelty(usage.numpy(), self.signatures, self.top_k) if self.signatures is not None else None,
         )
 
 

@@ -81,6 +81,19 @@ def routing_novelty(usage: np.ndarray, signatures: RoutingSignatures, top_k: int
     return NoveltyResult(nearest, distances[nearest], signatures.threshold, distances[nearest] > signatures.threshold)
 
 
+def clip_novelty(window_usages: np.ndarray, signatures: RoutingSignatures, top_k: int) -> NoveltyResult:
+    """Novelty of a clip scored in windows: the mean of its windows' distances (nearest = their most common nearest).
+
+    Each window is one routing decision, like each reference clip the threshold came from; the distance of the
+    windows' *averaged* usage would be smaller and flag long clips less often than the threshold promises.
+    """
+    per_window = [routing_novelty(usage, signatures, top_k) for usage in window_usages]  # window_usages: (W, R, E)
+    distance = float(np.mean([result.distance for result in per_window]))
+    names = [result.nearest for result in per_window]
+    nearest = max(dict.fromkeys(names), key=names.count)
+    return NoveltyResult(nearest, distance, signatures.threshold, distance > signatures.threshold)
+
+
 def load_routing_signatures(path: str | Path) -> RoutingSignatures:
     """Read and validate `routing_signatures.json`; every problem raises ValueError naming the file and the field."""
     path = Path(path)

@@ -7,7 +7,7 @@ import pytest
 import torch
 from conftest import FAMILIES, random_audio, randomize_experts, tiny_backbone_config
 from peft import PeftModel
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from transformers import AutoModel
 
 from modeling_molex import MoLExAdapterConfig, MoLExConfig, MoLExForAudioClassification
@@ -178,3 +178,55 @@ def test_add_experts_trains_only_the_new_pack(tmp_path):
     assert [e["pack"] for e in index["experts"]] == ["base"] * 4 + ["new"] * 2
     rows = load_file(tmp_path / "experts" / "router.safetensors")
     assert all(t.shape[0] == 6 for t in rows.values())
+
+
+def test_a_pack_smaller_than_top_k_saves_and_loads(tmp_path):
+    model = build(top_k=2)
+    model.add_experts(1, pack_name="single")
+    assert model.save_experts(tmp_path / "pack", names=["single"]) == ["expert_4"]
+    host = build(top_k=2)
+    assert host.load_experts(tmp_path / "pack") == ["single"]
+    assert host.config.adapter.top_k == 2 and host.config.adapter.expert_packs == {"base": 4, "single": 1}
+
+
+def test_models_never_share_an_adapter_config(tiny_backbone_dirs):
+    adapter = MoLExAdapterConfig(num_experts=4, top_k=2, r=4)
+    first = MoLExForAudioClassification.from_backbone(tiny_backbone_dirs["wav2vec2"], adapter=adapter)
+    second = MoLExForAudioClassification.from_backbone(tiny_backbone_dirs["wav2vec2"], adapter=adapter)
+    first.add_experts(2)
+    assert second.config.adapter.expert_packs == {"base": 4}
+    assert adapter.expert_packs == {"base": 4} and adapter.base_model_name_or_path is None
+
+
+def test_loading_a_pack_keeps_a_frozen_head_frozen(tmp_path):
+    source = build()
+    source.add_experts(2, pack_name="other")
+    source.save_experts(tmp_path / "pack", names=["other"])
+    model = build()
+    model.add_experts(1, pack_name="mine", train_head=False)
+    model.load_experts(tmp_path / "pack")
+    assert not any(p.requires_grad for p in model.classifier.parameters())
+
+
+def test_checkpoint_missing_expert_weights_is_refused(tmp_path):
+    build().save_pretrained(tmp_path)
+    weights = load_file(tmp_path / "model.safetensors")
+    save_file({k: v for k, v in weights.items() if "molex_router" not in k}, tmp_path / "model.safetensors")
+    with pytest.raises(ValueError, match="lacks 2 expert/router weights"):
+        MoLExForAudioClassification.from_pretrained(tmp_path)
+
+
+def test_failed_save_leaves_the_folder_untouched(tmp_path, monkeypatch):
+    model = build()
+    model.save_pretrained(tmp_path / "model")
+    before = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "model").iterdir()}
+    randomize_experts(model, seed=5)
+
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr("modeling_molex.modeling_molex.save_expert_pack", broken)
+    with pytest.raises(OSError, match="disk full"):
+        model.save_pretrained(tmp_path / "model")
+    assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "model").iterdir()} == before
+    assert [p.name for p in tmp_path.iterdir()] == ["model"]  # no staging leftovers

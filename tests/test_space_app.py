@@ -33,6 +33,7 @@ from gradio_client import Client, handle_file  # noqa: E402
 from gradio_client.exceptions import AppError  # noqa: E402
 from routing_novelty import (  # noqa: E402
     RoutingSignatures,
+    clip_novelty,
     load_routing_signatures,
     routing_novelty,
     signature_distance,
@@ -237,6 +238,16 @@ def test_routing_novelty_finds_the_nearest_signature_on_a_0_to_1_scale():
     assert signature_distance(np.array([[1.0, 0], [0, 1]]), [0, 1, 1, 0], top_k=1) == pytest.approx(1.0)
     with pytest.raises(ValueError, match="6 values but the routing signatures have 4"):
         routing_novelty(np.zeros((2, 3)), signatures, top_k=1)
+
+
+def test_clip_novelty_averages_window_distances_not_window_usages():
+    # Two windows routed to opposite known classes: each window sits exactly on a signature (distance 0), while
+    # their averaged usage would sit halfway between (0.25): the clip must read as known, as each window does.
+    signatures = RoutingSignatures({"A01": np.array([1.0, 0, 0, 1]), "A07": np.array([0, 1.0, 1, 0])}, threshold=0.2)
+    windows = np.array([[[1.0, 0], [0, 1]], [[0, 1.0], [1, 0]], [[1.0, 0], [0, 1]]])
+    result = clip_novelty(windows, signatures, top_k=1)
+    assert (result.nearest, result.distance, result.novel) == ("A01", 0.0, False)
+    assert routing_novelty(windows.mean(0), signatures, top_k=1).distance > 0.2
 
 
 def test_novelty_distance_matches_the_analysis_script():

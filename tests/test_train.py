@@ -65,6 +65,7 @@ def test_two_step_run_writes_a_loadable_model_and_results(corpus, tmp_path):
     # The model folder loads through the Auto API, with the dev calibration stored in its config.
     model = AutoModelForAudioClassification.from_pretrained(tmp_path / "model", trust_remote_code=True)
     assert model.config.calibration == saved["calibration"] and set(saved["calibration"]) == {"scale", "bias"}
+    assert model.config.crop_samples == 8000  # the training crop, for scoring code that windows long clips
     assert (tmp_path / "model" / "train_config.yaml").is_file()
     assert (tmp_path / "model" / "experts" / "expert_0" / "adapter_model.safetensors").is_file()
     log = [json.loads(line) for line in (tmp_path / "logs" / "train_log.jsonl").read_text().splitlines()]
@@ -78,7 +79,11 @@ def test_resume_after_a_hard_kill_continues_like_an_uninterrupted_run(corpus, tm
     killed = run_script(run_args(corpus, tmp_path / "resumed", *common), {train.ABORT_AFTER_STEP_ENV: "2"})
     assert killed.returncode == 137
     assert [p.name for p in list_checkpoints(tmp_path / "resumed")] == ["checkpoint-2"]
+    # The best model so far is part of the checkpoint: a resume restores it with the rest of the state.
+    in_checkpoint = tmp_path / "resumed" / "checkpoints" / "checkpoint-2" / train.BEST_FILE
+    (tmp_path / "resumed" / train.BEST_FILE).write_bytes(b"stale best from an abandoned later run")
     assert not (tmp_path / "resumed" / "results.json").exists()
+    assert in_checkpoint.is_file()
     resumed = run_script(run_args(corpus, tmp_path / "resumed", *common, "--resume_from_checkpoint", "latest"))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     log = [json.loads(line) for line in (tmp_path / "resumed" / "logs" / "train_log.jsonl").read_text().splitlines()]

@@ -63,8 +63,10 @@ def save_checkpoint(
     state: dict[str, Any],
     keep: int,
     files: dict[str, str],
+    copies: dict[str, Path] | None = None,
 ) -> Path:
-    """Save model/optimizer/scheduler/RNG state (all ranks) plus `state` and extra text `files`, atomically."""
+    """Save model/optimizer/scheduler/RNG state (all ranks), `state`, extra text `files` and copies of existing
+    files (`copies`: name in the checkpoint -> source path), atomically."""
     root = checkpoints_root(output_dir)
     staging = root / f".staging-checkpoint-{step}"
     final = root / f"checkpoint-{step}"
@@ -79,6 +81,9 @@ def save_checkpoint(
     if accelerator.is_main_process:
         for name, text in files.items():
             (staging / name).write_text(text)
+        for name, source in (copies or {}).items():
+            if Path(source).is_file():
+                shutil.copy2(source, staging / name)
         _write_json(staging / STATE_FILE, state)  # written last: its presence marks a complete checkpoint
         if final.exists():
             shutil.rmtree(final)

@@ -83,6 +83,7 @@ def build_model(config: TrainConfig, accelerator: Accelerator) -> MoLExForAudioC
             head_dropout=config.head_dropout,
             class_weights=config.class_weights,
         )
+    model.config.crop_samples = config.crop_samples  # recorded for scoring code that windows long clips
     if config.gradient_checkpointing:
         model.activation_checkpointing_enable(every_n_layers=config.checkpoint_every_n_blocks)
     return model

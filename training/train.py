@@ -48,6 +48,7 @@ from training.train_config import TrainConfig, parse_train_config  # noqa: E402
 
 
 ABORT_AFTER_STEP_ENV = "MOLEX_ABORT_AFTER_STEP"  # tests: die like kill -9 right after this step's checkpoint
+BEST_FILE = "best_trainable.safetensors"  # trainable weights (experts, routers, back-end) of the best dev evaluation
 
 
 class JsonlLog:
@@ -130,11 +131,14 @@ def main(argv: list[str] | None = None) -> dict:
     state = {"global_step": 0, "epoch": 0, "batches_in_epoch": 0, "best_metric": None, "best_step": None}
     state |= {"evals_without_improvement": 0, "history": []}
     resume_path = resolve_resume_path(output_dir, config.resume_from_checkpoint)
+    best_path = output_dir / BEST_FILE
     if resume_path is not None:
         state = load_checkpoint(accelerator, resume_path)
+        if main_process and (resume_path / BEST_FILE).is_file():  # a later run's best must not survive a resume
+            shutil.copy2(resume_path / BEST_FILE, best_path)
+        accelerator.wait_for_everyone()
         log.write({"event": "resumed", "checkpoint": str(resume_path), "global_step": state["global_step"]})
         accelerator.print(f"Resumed from {resume_path} at step {state['global_step']}")
-    best_path = output_dir / "best_trainable.safetensors"
     trainable = [p for p in model.parameters() if p.requires_grad]
     started = time.time()
     log.write({"event": "start", "total_steps": total_steps, "num_processes": accelerator.num_processes})
@@ -164,6 +168,7 @@ def main(argv: list[str] | None = None) -> dict:
             state,
             config.save_total_limit,
             {"train_config.json": config_text},
+            copies={BEST_FILE: best_path},  # the best model so far belongs to the checkpoint's state
         )
         if os.environ.get(ABORT_AFTER_STEP_ENV) == str(state["global_step"]):
             os._exit(137)

@@ -97,8 +97,8 @@ class TrainConfig:
     cpu: bool = _help("Force CPU even when a GPU is present (also makes multi-process runs use gloo).", False)
     # ----- evaluation, checkpoints, logging -----
     eval_every_steps: int = _help("Evaluate on dev every N optimizer steps (0: at the end of each epoch).", 0)
-    metric_for_best: Literal["eer", "min_dcf", "cllr", "act_dcf"] = _help(
-        "Dev metric that picks the best model.", "eer"
+    metric_for_best: Literal["eer", "min_dcf"] = _help(
+        "Dev metric that picks the best model (calibration-free ones: actDCF and Cllr need calibrated scores).", "eer"
     )
     early_stopping_patience: int = _help("Stop after N dev evaluations without improvement (0: never).", 0)
     save_total_limit: int = _help("Checkpoints kept (oldest deleted first).", 2)
