@@ -2,6 +2,9 @@
 folders the way a Hub checkpoint would be, so every test runs offline in seconds."""
 
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -79,3 +82,23 @@ def randomize_experts(model, std: float = 0.2, seed: int = 0) -> None:
     for name, parameter in model.named_parameters():
         if ".lora_B." in name:
             parameter.copy_(torch.randn(parameter.shape, generator=generator) * std)
+
+
+def run_in_fresh_process(
+    script: str, args: list[str], tmp_path: Path, extra_env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    """Run `script` in a new interpreter that cannot import this project: another working directory, a minimal
+    environment (no PYTHONPATH), offline Hub, its own HF_HOME (so remote code is copied afresh)."""
+    workdir = tmp_path / "elsewhere"
+    workdir.mkdir(exist_ok=True)
+    (workdir / "script.py").write_text(script)
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": str(tmp_path),
+        "HF_HOME": str(tmp_path / "hf_home"),
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_VERBOSITY": "error",
+        **(extra_env or {}),
+    }
+    command = [sys.executable, "script.py", *args]
+    return subprocess.run(command, cwd=workdir, env=env, capture_output=True, text=True, timeout=300)

@@ -4,13 +4,10 @@ that never imports this project, with `HF_HUB_OFFLINE=1`: the whole model throug
 one expert through plain peft (`subfolder="experts/<name>"`), and an expert pack through `load_experts`."""
 
 import json
-import os
-import subprocess
-import sys
 import textwrap
 
 import torch
-from conftest import random_audio, randomize_experts
+from conftest import random_audio, randomize_experts, run_in_fresh_process
 from fake_hub import FakeHub, hub  # noqa: F401  (the fake Hub and its fixture)
 from huggingface_hub import snapshot_download
 from peft import PeftModel
@@ -119,24 +116,11 @@ def test_pushed_model_expert_and_pack_load_from_the_hub_cache_offline(hub, tiny_
 
     reference = tmp_path / "reference.safetensors"
     save_file({"audio": audio, "logits": logits, "pack_logits": pack_logits, "peft_hidden": peft_hidden}, reference)
-    workdir = tmp_path / "elsewhere"
-    workdir.mkdir()
-    (workdir / "script.py").write_text(FRESH_PROCESS_SCRIPT)
-    env = {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "HOME": str(tmp_path),
-        "HF_HOME": str(tmp_path / "hf_home"),
-        "HF_HUB_CACHE": str(tmp_path / "hub_cache"),  # where the fixture pointed huggingface_hub's cache
-        "HF_HUB_OFFLINE": "1",
-        "TRANSFORMERS_VERBOSITY": "error",
-    }
-    completed = subprocess.run(
-        [sys.executable, "script.py", backbone_dir, str(model_dir), str(reference)],
-        cwd=workdir,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
+    completed = run_in_fresh_process(
+        FRESH_PROCESS_SCRIPT,
+        [backbone_dir, str(model_dir), str(reference)],
+        tmp_path,
+        {"HF_HUB_CACHE": str(tmp_path / "hub_cache")},  # where the fixture pointed huggingface_hub's cache
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
     line = next(line for line in completed.stdout.splitlines() if line.startswith("RESULTS"))

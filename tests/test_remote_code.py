@@ -2,14 +2,11 @@
 gives the same logits, and serves `pipeline("audio-classification")` on numpy audio."""
 
 import json
-import os
-import subprocess
-import sys
 import textwrap
 
 import numpy as np
 import torch
-from conftest import random_audio, randomize_experts, tiny_backbone_config
+from conftest import random_audio, randomize_experts, run_in_fresh_process, tiny_backbone_config
 from safetensors.torch import save_file
 
 from modeling_molex import MoLExAdapterConfig, MoLExConfig, MoLExForAudioClassification
@@ -64,19 +61,7 @@ def test_remote_code_loads_in_a_fresh_process_with_identical_logits(tmp_path):
         save_file({"audio": audio, "logits": logits, "clip": clip}, str(tmp_path / family / "reference.safetensors"))
         folders.append(str(folder))
 
-    workdir = tmp_path / "elsewhere"
-    workdir.mkdir()
-    (workdir / "script.py").write_text(FRESH_PROCESS_SCRIPT)
-    env = {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "HOME": str(tmp_path),
-        "HF_HOME": str(tmp_path / "hf_home"),
-        "HF_HUB_OFFLINE": "1",
-        "TRANSFORMERS_VERBOSITY": "error",
-    }
-    completed = subprocess.run(
-        [sys.executable, "script.py", *folders], cwd=workdir, env=env, capture_output=True, text=True, timeout=300
-    )
+    completed = run_in_fresh_process(FRESH_PROCESS_SCRIPT, folders, tmp_path)
     assert completed.returncode == 0, completed.stderr[-3000:]
     line = next(line for line in completed.stdout.splitlines() if line.startswith("RESULTS"))
     results = json.loads(line.removeprefix("RESULTS"))

@@ -16,6 +16,26 @@ from training.quickstart import build_tiny_backbone
 from training.train_config import TINY_RANDOM_BACKBONE, TrainConfig
 
 
+# MoLExAdapterConfig field -> TrainConfig field (the training config flattens the adapter's fields).
+ADAPTER_FIELDS = {
+    name: name
+    for name in (
+        "num_experts",
+        "top_k",
+        "lora_alpha",
+        "lora_dropout",
+        "target_modules",
+        "layers_to_transform",
+        "router_granularity",
+        "router_scope",
+        "router_noise_std",
+        "load_balance_coef",
+        "orthogonality_coef",
+        "router_z_loss_coef",
+    )
+} | {"r": "rank"}
+
+
 def load_corpus(config: TrainConfig) -> DatasetDict:
     """Train, dev and (if set) eval splits of the configured corpus, subsampled when asked."""
     splits = ["train", config.dev_split] + ([config.eval_split] if config.eval_split else [])
@@ -59,21 +79,7 @@ def build_model(config: TrainConfig, accelerator: Accelerator) -> MoLExForAudioC
             if accelerator.is_main_process and not os.path.isfile(os.path.join(backbone, "config.json")):
                 build_tiny_backbone(backbone, config.seed)
             accelerator.wait_for_everyone()
-        adapter = MoLExAdapterConfig(
-            num_experts=config.num_experts,
-            top_k=config.top_k,
-            r=config.rank,
-            lora_alpha=config.lora_alpha,
-            lora_dropout=config.lora_dropout,
-            target_modules=config.target_modules,
-            layers_to_transform=config.layers_to_transform,
-            router_granularity=config.router_granularity,
-            router_scope=config.router_scope,
-            router_noise_std=config.router_noise_std,
-            load_balance_coef=config.load_balance_coef,
-            orthogonality_coef=config.orthogonality_coef,
-            router_z_loss_coef=config.router_z_loss_coef,
-        )
+        adapter = MoLExAdapterConfig(**{field: getattr(config, name) for field, name in ADAPTER_FIELDS.items()})
         torch.manual_seed(config.seed)
         model = MoLExForAudioClassification.from_backbone(
             backbone,
