@@ -26,7 +26,7 @@ import numpy as np  # noqa: E402
 from modeling_molex import MoLExForAudioClassification  # noqa: E402
 from training.data import load_asvspoof5, load_asvspoof2019_la  # noqa: E402
 from training.run_setup import subsample  # noqa: E402
-from training.scoring import score_dataset  # noqa: E402
+from training.scoring import aligned_column, score_dataset  # noqa: E402
 
 
 SIGNATURES_FILE = "routing_signatures.json"
@@ -118,22 +118,18 @@ def analyze(
     scored = {}
     for name in dict.fromkeys([reference_split, split]):
         dataset = subsample(corpus[name], max_samples, seed=0)
-        scored[name] = (
-            score_dataset(model, dataset, batch_size, with_usage=True),
-            dict(zip(dataset["utt_id"], dataset["attack"], strict=True)),
-            dict(zip(dataset["utt_id"], dataset["codec"], strict=True)),
-        )
-    reference, reference_attack, _ = scored[reference_split]
-    reference_groups = [reference_attack[u] for u in reference.utt_ids]
+        scored[name] = (score_dataset(model, dataset, batch_size, with_usage=True), dataset)
+    reference, reference_data = scored[reference_split]
+    reference_groups = aligned_column(reference_data, reference, "attack")
     centroid_table = usage_by_group(reference.expert_usage, reference_groups)
     known_names = list(centroid_table)
     centroids = np.stack([centroid_table[g].reshape(-1) for g in known_names])
     reference_novelty = novelty_scores(reference.expert_usage, centroids, top_k)
     threshold = float(np.percentile(reference_novelty, NOVELTY_PERCENTILE))
 
-    target, attack_of, codec_of = scored[split]
-    attacks = [attack_of[u] for u in target.utt_ids]
-    codecs = [codec_of[u] for u in target.utt_ids]
+    target, target_data = scored[split]
+    attacks = aligned_column(target_data, target, "attack")
+    codecs = aligned_column(target_data, target, "codec")
     by_attack = usage_by_group(target.expert_usage, attacks)
     by_codec = usage_by_group(target.expert_usage, codecs)
     novelty = novelty_scores(target.expert_usage, centroids, top_k)

@@ -92,6 +92,12 @@ def _average_per_utterance(rows: list[tuple], with_usage: bool) -> SplitScores:
     return SplitScores(utt_ids, scores, labels, usage)
 
 
+def aligned_column(dataset: Dataset, split: SplitScores, column: str) -> list:
+    """`dataset[column]` in the order of `split.utt_ids` (scores are sorted by utt_id and deduplicated)."""
+    value_of = dict(zip(dataset["utt_id"], dataset[column], strict=True))
+    return [value_of[utt_id] for utt_id in split.utt_ids]
+
+
 def metrics_for(split: SplitScores, calibration: dict | None) -> dict:
     """EER / minDCF / actDCF / Cllr on calibrated scores, plus trial counts."""
     result = compute_metrics(apply_calibration(split.scores, calibration), split.labels)
@@ -104,14 +110,11 @@ def known_and_unseen_metrics(
     split: SplitScores, dataset: Dataset, train_attacks: set[str], calibration: dict | None
 ) -> dict[str, dict]:
     """Metrics on eval spoofs of attacks seen in training vs never seen (each against all bona fide)."""
-    attack_of = dict(zip(dataset["utt_id"], dataset["attack"], strict=True))
-    attacks = np.array([attack_of[u] for u in split.utt_ids])
+    attacks = np.array(aligned_column(dataset, split, "attack"))
     spoof = split.labels == 0
+    known = np.isin(attacks, list(train_attacks))
     results = {}
-    for name, chosen in (
-        ("known", np.isin(attacks, list(train_attacks))),
-        ("unseen", ~np.isin(attacks, list(train_attacks))),
-    ):
+    for name, chosen in (("known", known), ("unseen", ~known)):
         keep = (split.labels == 1) | (spoof & chosen)
         if (split.labels[keep] == 0).any():
             subset = SplitScores(
@@ -132,12 +135,9 @@ def write_split_reports(
     scores = apply_calibration(split.scores, calibration)
     write_score_file(directory / f"{name}_scores.tsv", split.utt_ids, scores)
     write_key_file(directory / f"{name}_keys.tsv", split.utt_ids, split.labels)
-    rows = {row["utt_id"]: row for row in dataset.select_columns(["utt_id", "attack", "codec"])}
-    attacks = [rows[u]["attack"] for u in split.utt_ids]
-    codecs = [rows[u]["codec"] for u in split.utt_ids]
     tables = {
-        f"{name}_by_attack": breakdown_by_attack(scores, split.labels, attacks),
-        f"{name}_by_codec": breakdown_by_codec(scores, split.labels, codecs),
+        f"{name}_by_attack": breakdown_by_attack(scores, split.labels, aligned_column(dataset, split, "attack")),
+        f"{name}_by_codec": breakdown_by_codec(scores, split.labels, aligned_column(dataset, split, "codec")),
     }
     for table_name, table in tables.items():
         (directory / f"{table_name}.md").write_text(format_table(table) + "\n")
