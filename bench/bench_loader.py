@@ -22,7 +22,7 @@ import numpy as np
 import soundfile as sf
 import torch
 
-from training.data import AudioCollator, load_csv_dataset
+from training.data.loaders import AudioCollator, load_csv_dataset
 
 
 TRAIN_SECONDS_PER_CLIP = {"wav2vec2-base": 4.3 / 4, "XLS-R-300M": 12.6 / 4}

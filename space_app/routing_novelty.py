@@ -5,7 +5,7 @@ mean expert usage of that attack is its *routing signature*. A spoof whose routi
 signature was probably made by a method the model did not see in training, which is worth flagging even when the
 verdict is right.
 
-`python -m training.analyze_experts` writes the signatures next to the model as `routing_signatures.json`:
+`python -m training.analysis.analyze_experts` writes the signatures next to the model as `routing_signatures.json`:
 
     {"known": {"A01": [...], "bonafide": [...]}, "threshold": 0.21, "top_k": 2, "router_names": [...], ...}
 

@@ -9,7 +9,14 @@ from conftest import randomize_experts, tiny_backbone_config
 from train_fixtures import write_synthetic_asvspoof5
 
 from modeling_molex import MoLExAdapterConfig, MoLExConfig, MoLExForAudioClassification
-from training.analyze_experts import SIGNATURES_FILE, analyze, novelty_scores, roc_auc, specialisation, usage_by_group
+from training.analysis.analyze_experts import (
+    SIGNATURES_FILE,
+    analyze,
+    novelty_scores,
+    roc_auc,
+    specialisation,
+    usage_by_group,
+)
 
 
 def test_novelty_is_zero_on_a_centroid_and_one_for_disjoint_routing():

@@ -1,4 +1,4 @@
-"""Loaders, decoding and batching of `training.data` on tiny corpora written in the real release formats."""
+"""Loaders, decoding and batching of `training.data.loaders` on tiny corpora written in the real release formats."""
 
 import logging
 from pathlib import Path
@@ -17,8 +17,8 @@ from audio_fixtures import (
     write_lines,
 )
 
-from training.audio import crop_or_pad, eval_windows, load_audio
-from training.data import (
+from training.data.audio import crop_or_pad, eval_windows, load_audio
+from training.data.loaders import (
     LABEL_NAMES,
     AudioCollator,
     AudioDecodeError,
@@ -279,7 +279,7 @@ def test_missing_audio_raises_with_count_and_first_files(tmp_path):
 
 
 def test_skip_missing_drops_rows_and_reports_them(tmp_path, caplog):
-    with caplog.at_level(logging.WARNING, logger="training.data"):
+    with caplog.at_level(logging.WARNING, logger="training.data.loaders"):
         ds = load_asvspoof5(_protocol_with_missing(tmp_path), splits=("train",), skip_missing=True)
     assert ds["train"]["utt_id"] == ["T_0000000011"]
     assert (

@@ -8,9 +8,9 @@ from conftest import randomize_experts, tiny_backbone_config
 from train_fixtures import write_synthetic_asvspoof5
 
 from modeling_molex import MoLExAdapterConfig, MoLExConfig, MoLExForAudioClassification
-from training import domain_adaptation
+from training.analysis import domain_adaptation
 from training.evaluate_model import evaluate_model
-from training.score_files import read_score_file
+from training.metrics.score_files import read_score_file
 
 
 def save_tiny_model(folder, calibration=None) -> str:

@@ -1,4 +1,4 @@
-"""Tests for training/metrics.py, score_files.py, det_plot.py and the evaluate wrapper.
+"""Tests for training/metrics/asvspoof_metrics.py, score_files.py, det_plot.py and the evaluate wrapper.
 
 Expected values come from hand calculations and from a brute-force reference written here in plain Python straight
 from the official ASVspoof 5 definitions (evaluation-package/calculate_modules.py): one DET point per trial, ties
@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from training import det_plot, metrics, score_files
+from training.metrics import asvspoof_metrics as metrics
+from training.metrics import det_plot, score_files
 
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -397,7 +398,7 @@ def test_evaluate_load_works_offline_and_gives_identical_numbers(tmp_path):
     script = f"""
 import json, sys
 import evaluate
-metric = evaluate.load({str(REPO_ROOT / "training" / "eer_metric")!r})
+metric = evaluate.load({str(REPO_ROOT / "training" / "metrics" / "eer_metric")!r})
 data = json.load(sys.stdin)
 print(json.dumps([metric.compute(predictions=data["scores"], references=data["labels"]),
                   metric.compute(predictions=data["scores"], references=data["labels"], p_spoof=0.5, c_fa=1.0)]))

@@ -1,4 +1,4 @@
-"""The mini corpus (training.make_mini_corpus) and its MFCC baseline, on a tiny build made in a temp folder.
+"""The mini corpus (training.corpus.make_mini_corpus) and its MFCC baseline, on a tiny build made in a temp folder.
 
 The build needs the Debian packages listed in scripts/apt-packages-corpus.txt; without them the corpus tests skip
 and say which package and apt-get line is missing. Everything else runs on synthetic signals.
@@ -14,15 +14,15 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from training.corpus_attacks import ATTACKS, check_tools
-from training.corpus_sources import (
+from training.corpus.attacks import ATTACKS, check_tools
+from training.corpus.make_mini_corpus import FLAC_DIR, PREFIX, PROTOCOL, build_corpus, level, trim_silence
+from training.corpus.sources import (
     MissingPackageError,
     clean_tts_text,
     load_recordings,
     require_tool,
     split_of_key,
 )
-from training.make_mini_corpus import FLAC_DIR, PREFIX, PROTOCOL, build_corpus, level, trim_silence
 
 
 SMALL = {"per_attack": 2, "bonafide_per_split": 3, "enrolment": 2, "coded_fraction": 0.5, "progress": False}
@@ -141,8 +141,8 @@ def test_attack_sets_are_disjoint_and_follow_the_table(corpus):
 
 
 def test_apt_list_holds_every_package_the_builder_names():
-    from training.corpus_attacks import FESTIVAL_VOICES
-    from training.corpus_sources import RECORDING_SETS, TRANSCRIPT_PACKAGES
+    from training.corpus.attacks import FESTIVAL_VOICES
+    from training.corpus.sources import RECORDING_SETS, TRANSCRIPT_PACKAGES
 
     listed = set((Path(__file__).parents[1] / "scripts" / "apt-packages-corpus.txt").read_text().split())
     named = {s.package for s in RECORDING_SETS} | set(TRANSCRIPT_PACKAGES.values()) | {"ffmpeg"}
@@ -200,7 +200,7 @@ def test_readme_and_licence_name_sources_and_credits(corpus):
 
 
 def test_load_asvspoof5_reads_the_corpus(corpus):
-    from training.data import load_asvspoof5
+    from training.data.loaders import load_asvspoof5
 
     data = load_asvspoof5(corpus)
     for split in PROTOCOL:
@@ -213,7 +213,7 @@ def test_load_asvspoof5_reads_the_corpus(corpus):
 
 # ---------------------------------------------------------------- baseline
 def test_mfcc_baseline_reports_dev_and_known_vs_unseen_eval(corpus, tmp_path):
-    from training.baseline_mfcc import main
+    from training.baselines.mfcc import main
 
     out = tmp_path / "baseline.json"
     assert main([str(corpus), "--features", "mfcc,nuisance", "--out", str(out)]) == 0
@@ -226,7 +226,7 @@ def test_mfcc_baseline_reports_dev_and_known_vs_unseen_eval(corpus, tmp_path):
 
 
 def test_mfcc_baseline_rejects_unknown_feature_sets(corpus):
-    from training.baseline_mfcc import run_baseline
+    from training.baselines.mfcc import run_baseline
 
     with pytest.raises(ValueError, match="--features"):
         run_baseline(corpus, ["mfcc", "wavelets"])
@@ -239,15 +239,15 @@ def test_missing_tool_names_the_debian_package_and_apt_line():
 
 
 def test_build_stops_before_writing_when_a_tool_package_is_missing(tmp_path, monkeypatch):
-    monkeypatch.setattr("training.corpus_sources.shutil.which", lambda name: None)
+    monkeypatch.setattr("training.corpus.sources.shutil.which", lambda name: None)
     with pytest.raises(MissingPackageError, match=r"(?s)'espeak-ng'.*apt-get install -y espeak-ng"):
         build_corpus(tmp_path / "out", progress=False)
     assert not (tmp_path / "out").exists()
 
 
 def test_missing_speech_package_is_named(tmp_path, monkeypatch):
-    monkeypatch.setattr("training.corpus_sources.SOUNDS_ROOT", tmp_path)
-    monkeypatch.setattr("training.corpus_sources.DOC_ROOT", tmp_path)
+    monkeypatch.setattr("training.corpus.sources.SOUNDS_ROOT", tmp_path)
+    monkeypatch.setattr("training.corpus.sources.DOC_ROOT", tmp_path)
     with pytest.raises(MissingPackageError, match="asterisk-core-sounds-en"):
         load_recordings()
 

@@ -17,7 +17,7 @@ from matplotlib.image import imsave
 
 from modeling_molex import MoLExAdapterConfig, MoLExConfig, MoLExForAudioClassification
 from training import push_to_hub
-from training.model_card import CardError, load_results, render_card
+from training.hub.model_card import CardError, load_results, render_card
 
 
 def save_model(folder, num_experts: int = 4, seed: int = 0, family: str = "wav2vec2") -> MoLExForAudioClassification:
@@ -305,7 +305,7 @@ def _card_inputs(tmp_path):
 
 
 def test_card_without_results_says_so_and_has_no_model_index(tmp_path):
-    from training.model_card import enrich_index
+    from training.hub.model_card import enrich_index
 
     index, config = _card_inputs(tmp_path)
     content = render_card(enrich_index(index, None), config, None, "me/molex")
@@ -317,7 +317,7 @@ def test_card_without_results_says_so_and_has_no_model_index(tmp_path):
 
 
 def test_card_template_with_an_unknown_placeholder_raises(tmp_path):
-    from training.model_card import enrich_index
+    from training.hub.model_card import enrich_index
 
     index, config = _card_inputs(tmp_path)
     template = tmp_path / "template.md"

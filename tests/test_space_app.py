@@ -17,7 +17,7 @@ from audio_fixtures import write_clip, write_lines
 from conftest import randomize_experts
 
 from modeling_molex import MoLExForAudioClassification
-from training import quickstart
+from training.encoders import tiny_random as quickstart
 
 
 SPACE_DIR = Path(__file__).resolve().parent.parent / "space_app"
@@ -251,7 +251,7 @@ def test_clip_novelty_averages_window_distances_not_window_usages():
 
 
 def test_novelty_distance_matches_the_analysis_script():
-    from training.analyze_experts import novelty_scores
+    from training.analysis.analyze_experts import novelty_scores
 
     rng = np.random.default_rng(0)
     usage = rng.dirichlet(np.ones(4), size=(5, 3)) * 2  # 5 clips, 3 routers, 4 experts, top-2

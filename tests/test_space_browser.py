@@ -34,7 +34,7 @@ from example_clips import example_clips  # noqa: E402
 from playwright.sync_api import expect, sync_playwright  # noqa: E402
 from test_space_app import build_space_model  # noqa: E402
 
-from training.quickstart import generated_clip  # noqa: E402
+from training.encoders.tiny_random import generated_clip  # noqa: E402
 
 
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]

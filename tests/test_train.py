@@ -16,10 +16,10 @@ from train_fixtures import write_synthetic_asvspoof5
 from transformers import AutoModelForAudioClassification
 
 from training import train
-from training.calibration import fit_llr_calibration
-from training.checkpointing import list_checkpoints, resolve_resume_path
-from training.score_files import read_score_file
-from training.train_config import load_yaml_config, parse_train_config
+from training.metrics.calibration import fit_llr_calibration
+from training.metrics.score_files import read_score_file
+from training.trainer.checkpointing import list_checkpoints, resolve_resume_path
+from training.trainer.config import load_yaml_config, parse_train_config
 
 
 REPO = Path(__file__).resolve().parents[1]

@@ -14,10 +14,10 @@ from accelerate import Accelerator
 from datasets import Dataset
 
 from modeling_molex import MoLExForAudioClassification
-from training.data import load_asvspoof5, load_asvspoof2019_la, load_csv_dataset, load_in_the_wild
-from training.metrics import format_table
-from training.run_setup import subsample
-from training.scoring import metrics_for, score_dataset, write_split_reports
+from training.data.loaders import load_asvspoof5, load_asvspoof2019_la, load_csv_dataset, load_in_the_wild
+from training.metrics.asvspoof_metrics import format_table
+from training.metrics.scoring import metrics_for, score_dataset, write_split_reports
+from training.trainer.run_setup import subsample
 
 
 def load_split(dataset: str, root: str, split: str) -> Dataset:

@@ -13,8 +13,11 @@ import json
 import time
 from pathlib import Path
 
-from training import analyze_experts, baseline_mfcc, make_mini_corpus, train
-from training.train_config import load_yaml_config
+from training import train
+from training.analysis import analyze_experts
+from training.baselines import mfcc as baseline_mfcc
+from training.corpus import make_mini_corpus
+from training.trainer.config import load_yaml_config
 
 
 ROWS = (

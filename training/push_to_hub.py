@@ -33,7 +33,7 @@ from huggingface_hub import (
 )
 from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError
 
-from training.model_card import (
+from training.hub.model_card import (
     PRIVATE_CONFIG_KEYS,
     CardError,
     describe_dataset,

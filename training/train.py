@@ -32,10 +32,12 @@ from accelerate.utils import set_seed  # noqa: E402
 from safetensors.torch import load_file, save_file  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
-from training.calibration import fit_llr_calibration  # noqa: E402
-from training.checkpointing import load_checkpoint, resolve_resume_path, save_checkpoint  # noqa: E402
-from training.det_plot import save_det_plot  # noqa: E402
-from training.run_setup import (  # noqa: E402
+from training.metrics.calibration import fit_llr_calibration  # noqa: E402
+from training.metrics.det_plot import save_det_plot  # noqa: E402
+from training.metrics.scoring import known_and_unseen_metrics, metrics_for, score_loader, write_split_reports  # noqa: E402
+from training.trainer.checkpointing import load_checkpoint, resolve_resume_path, save_checkpoint  # noqa: E402
+from training.trainer.config import TrainConfig, parse_train_config  # noqa: E402
+from training.trainer.run_setup import (  # noqa: E402
     build_model,
     ensure_dir,
     load_corpus,
@@ -43,8 +45,6 @@ from training.run_setup import (  # noqa: E402
     make_optimizer,
     train_attacks,
 )
-from training.scoring import known_and_unseen_metrics, metrics_for, score_loader, write_split_reports  # noqa: E402
-from training.train_config import TrainConfig, parse_train_config  # noqa: E402
 
 
 ABORT_AFTER_STEP_ENV = "MOLEX_ABORT_AFTER_STEP"  # tests: die like kill -9 right after this step's checkpoint

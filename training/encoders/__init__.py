@@ -1,0 +1,1 @@
+"""Speech encoders made in the project: the tiny random backbone (and SSL pretraining)."""

@@ -1,6 +1,6 @@
 """Domain adaptation by adding experts, measured: old-domain and new-domain EER before and after.
 
-    python -m training.domain_adaptation BASE_MODEL CORPUS [--new_attacks A10 A11 A12] [--add_experts 2]
+    python -m training.analysis.domain_adaptation BASE_MODEL CORPUS [--new_attacks A10 A11 A12] [--add_experts 2]
 
 The "new domain" is carved out of an ASVspoof-5-layout corpus: its eval bona fide clips plus the spoofs of
 `--new_attacks` (by default the mini corpus's unseen eval attacks), split 50/20/30 into train/dev/eval by
@@ -16,7 +16,7 @@ import zlib
 from pathlib import Path
 
 from training import train
-from training.data import load_asvspoof5
+from training.data.loaders import load_asvspoof5
 from training.evaluate_model import evaluate_model
 
 

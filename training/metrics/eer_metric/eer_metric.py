@@ -1,12 +1,12 @@
 """ASVspoof 5 Track-1 metrics (EER, minDCF, actDCF, Cllr) as a Hugging Face `evaluate` module.
 
     import evaluate
-    metric = evaluate.load("training/eer_metric")  # a local folder: works offline (HF_HUB_OFFLINE=1)
+    metric = evaluate.load("training/metrics/eer_metric")  # a local folder: works offline (HF_HUB_OFFLINE=1)
     metric.compute(predictions=scores, references=labels)
     # {"eer": ..., "min_dcf": ..., "act_dcf": ..., "cllr": ...}
 
 predictions are scores (higher = more bona fide, ideally natural-log LLRs), references are labels (1 = bona fide,
-0 = spoof). This is only a thin wrapper: the numbers come from `training.metrics.compute_metrics`, which matches the
+0 = spoof). This is only a thin wrapper: the numbers come from `training.metrics.asvspoof_metrics.compute_metrics`, which matches the
 official ASVspoof 5 evaluation package. evaluate copies this file into its module cache before importing it, so the
 MoLEx repository must be importable (run from its root or `pip install -e .`).
 """
@@ -17,7 +17,7 @@ import evaluate
 
 try:
     # Indented on purpose: evaluate's import scanner would otherwise ask to `pip install training` from PyPI.
-    from training.metrics import C_FA, C_MISS, P_SPOOF, compute_metrics
+    from training.metrics.asvspoof_metrics import C_FA, C_MISS, P_SPOOF, compute_metrics
 except ModuleNotFoundError as error:
     if error.name != "training":
         raise

@@ -1,13 +1,13 @@
 """The bar to beat on the mini corpus: utterance mean+std of MFCC / log-mel features + logistic regression.
 
-    python -m training.baseline_mfcc CORPUS_DIR [--features mfcc,logmel] [--out results.json]
+    python -m training.baselines.mfcc CORPUS_DIR [--features mfcc,logmel] [--out results.json]
 
 Why: a learned detector that cannot beat a linear model on frame-statistics is not learning anything useful, and
 if this baseline is near 0 % EER the corpus has a shortcut. ``--features nuisance`` is that shortcut detector
 (duration, crest factor, level percentiles, out-of-band energy): on a healthy corpus it should stay near 40-50 %.
 
-The corpus is read with ``training.data.load_asvspoof5`` (so the real loader is exercised end to end), the model
-is trained on train, and EER (via ``training.metrics``) is reported on dev, on eval pooled, and on eval split into
+The corpus is read with ``training.data.loaders.load_asvspoof5`` (so the real loader is exercised end to end), the model
+is trained on train, and EER (via ``training.metrics.asvspoof_metrics``) is reported on dev, on eval pooled, and on eval split into
 *known* attacks (eval labels that reuse a training method) and *unseen* attacks. numpy/scipy only.
 """
 
@@ -21,10 +21,10 @@ from scipy.fft import dct
 from scipy.optimize import minimize
 from scipy.signal import stft
 
-from training.audio import load_audio
-from training.corpus_attacks import ATTACK_BY_LABEL, mel_filterbank
-from training.data import load_asvspoof5
-from training.metrics import compute_metrics
+from training.corpus.attacks import ATTACK_BY_LABEL, mel_filterbank
+from training.data.audio import load_audio
+from training.data.loaders import load_asvspoof5
+from training.metrics.asvspoof_metrics import compute_metrics
 
 
 FEATURE_SETS = ("mfcc", "logmel", "nuisance")

@@ -302,7 +302,7 @@ def write_readme(out_dir: Path, summary: dict, attacks: tuple, codecs: dict) -> 
     )
     readme = f"""\
 MoLEx mini corpus: a small spoofing-detection corpus in the ASVspoof 5 layout, built offline from Debian packages.
-Made by `python -m training.make_mini_corpus` (seed {summary["seed"]}, --per-attack {summary["per_attack"]},
+Made by `python -m training.corpus.make_mini_corpus` (seed {summary["seed"]}, --per-attack {summary["per_attack"]},
 --bonafide-per-split {summary["bonafide_per_split"]}); same seed -> same protocols and identical FLAC bytes.
 It is a test and smoke-benchmark corpus, NOT ASVspoof 5 data, and results on it are not comparable to ASVspoof.
 

@@ -18,11 +18,11 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from modeling_molex import detection_scores
-from training.audio import ClipPolicy
-from training.calibration import apply_calibration
-from training.data import AudioCollator
-from training.metrics import breakdown_by_attack, breakdown_by_codec, compute_metrics, format_table
-from training.score_files import write_key_file, write_score_file
+from training.data.audio import ClipPolicy
+from training.data.loaders import AudioCollator
+from training.metrics.asvspoof_metrics import breakdown_by_attack, breakdown_by_codec, compute_metrics, format_table
+from training.metrics.calibration import apply_calibration
+from training.metrics.score_files import write_key_file, write_score_file
 
 
 @dataclass

@@ -10,10 +10,10 @@ from torch.utils.data import DataLoader
 from transformers import get_scheduler
 
 from modeling_molex import MoLExAdapterConfig, MoLExForAudioClassification
-from training.audio import ClipPolicy
-from training.data import AudioCollator, load_asvspoof5, load_asvspoof2019_la, load_csv_dataset
-from training.quickstart import build_tiny_backbone
-from training.train_config import TINY_RANDOM_BACKBONE, TrainConfig
+from training.data.audio import ClipPolicy
+from training.data.loaders import AudioCollator, load_asvspoof5, load_asvspoof2019_la, load_csv_dataset
+from training.encoders.tiny_random import build_tiny_backbone
+from training.trainer.config import TINY_RANDOM_BACKBONE, TrainConfig
 
 
 # MoLExAdapterConfig field -> TrainConfig field (the training config flattens the adapter's fields).

@@ -1,6 +1,6 @@
 """Model cards for pushed MoLEx models and expert packs, rendered from the repository's `model_card.md` template.
 
-    python -m training.model_card MODEL_DIR [--results results.json] [--repo-id user/name] [--output README.md]
+    python -m training.hub.model_card MODEL_DIR [--results results.json] [--repo-id user/name] [--output README.md]
 
 Every number in a card comes from `results.json` (written by the training script); without it the card says that no
 evaluation results were recorded and has no `model-index`, rather than inventing numbers. The YAML header is built
@@ -18,7 +18,7 @@ import jinja2
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 
-TEMPLATE_PATH = Path(__file__).resolve().parent.parent / "model_card.md"
+TEMPLATE_PATH = Path(__file__).resolve().parents[2] / "model_card.md"
 TAGS = ["audio-deepfake-detection", "anti-spoofing", "mixture-of-experts", "lora", "peft", "molex"]
 SPLIT_TITLES = {
     "dev": "development",
@@ -28,7 +28,7 @@ SPLIT_TITLES = {
 }
 LAYER_PATTERN = re.compile(r"\.layers\.(\d+)\.")
 DATASET_NAMES = {"asvspoof5": "ASVspoof 5", "asvspoof2019_la": "ASVspoof 2019 LA", "in_the_wild": "In-the-Wild"}
-MINI_CORPUS_MARKER = "mini_corpus.metadata.tsv"  # written by training.make_mini_corpus at the corpus root
+MINI_CORPUS_MARKER = "mini_corpus.metadata.tsv"  # written by training.corpus.make_mini_corpus at the corpus root
 PRIVATE_CONFIG_KEYS = re.compile(r"(^|_)(dir|root|path|file)$")  # local paths: not published
 
 

@@ -1,7 +1,7 @@
 """Parsers for the protocol (label) files of the corpora we train and score on.
 
 Every parser returns a list of plain row dicts with the same keys (`ROW_KEYS`) plus `audio` (the audio path as
-written in the protocol, resolved later by `training.data`) and `line` (1-based line number, kept for error
+written in the protocol, resolved later by `training.data.loaders`) and `line` (1-based line number, kept for error
 messages). Every malformed line raises `ProtocolError` naming the file and the line; nothing is skipped silently.
 
 Value conventions shared by all corpora:

@@ -1,6 +1,6 @@
 """Build a small, licence-clean spoofing corpus in the exact ASVspoof 5 layout, offline, from Debian packages.
 
-    python -m training.make_mini_corpus OUT_DIR [--per-attack 100] [--bonafide-per-split 200] [--seed 0] [--workers 2]
+    python -m training.corpus.make_mini_corpus OUT_DIR [--per-attack 100] [--bonafide-per-split 200] [--seed 0] [--workers 2]
 
 Why: tests of the training pipeline need real speech that is neither noise nor copyrighted, read by the *same*
 loader as the real ASVspoof 5 release. So the output is ``flac_T/``, ``flac_D/``, ``flac_E_eval/`` plus the three
@@ -24,8 +24,8 @@ import soundfile as sf
 from scipy.signal import butter, resample_poly, sosfiltfilt
 from tqdm import tqdm
 
-from training.corpus_attacks import ATTACK_BY_LABEL, ATTACKS, check_tools, read_wav, run_tool, synthesize, to_8k
-from training.corpus_sources import (
+from training.corpus.attacks import ATTACK_BY_LABEL, ATTACKS, check_tools, read_wav, run_tool, synthesize, to_8k
+from training.corpus.sources import (
     SOUNDS_ROOT,
     SPLITS,
     MissingPackageError,

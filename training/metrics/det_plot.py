@@ -1,7 +1,7 @@
 """DET curves (miss rate vs false-alarm rate on normal-deviate axes) saved as PNG.
 
 On normal-deviate (probit) axes, Gaussian score distributions give straight lines, which is why speaker and spoofing
-evaluations plot DET rather than ROC curves. The curve is the official package's one (see training/metrics.py), and
+evaluations plot DET rather than ROC curves. The curve is the official package's one (see training/metrics/asvspoof_metrics.py), and
 the marked point is the DET point the official EER is read from.
 """
 
@@ -15,7 +15,7 @@ from matplotlib.figure import Figure
 from numpy.typing import ArrayLike
 from scipy.special import ndtri
 
-from training.metrics import compute_det_curve, eer_from_det_curve, split_by_label
+from training.metrics.asvspoof_metrics import compute_det_curve, eer_from_det_curve, split_by_label
 
 
 # Rates are clipped to this range so that 0 and 1 (infinite on a probit axis) land on the frame.

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import ArrayLike
 
-from training.metrics import C_FA, C_MISS, P_SPOOF, compute_metrics
+from training.metrics.asvspoof_metrics import C_FA, C_MISS, P_SPOOF, compute_metrics
 
 
 SCORE_HEADER = ("filename", "cm-score")

@@ -1,6 +1,6 @@
 """The main job's first version: build a MoLEx model, score one generated clip, show which experts fired.
 
-    python -m training.quickstart [--backbone facebook/wav2vec2-xls-r-300m] [--output_dir outputs/quickstart]
+    python -m training.encoders.tiny_random [--backbone facebook/wav2vec2-xls-r-300m] [--output_dir outputs/quickstart]
 
 Without `--backbone` it builds a tiny randomly initialised wav2vec2 backbone (no weights can be downloaded
 offline), so the verdict is meaningless until the model is trained; what it demonstrates is the whole path: SSL

@@ -26,8 +26,8 @@ import pyarrow as pa
 import torch
 from datasets import ClassLabel, Dataset, DatasetDict, DatasetInfo, Features, Value
 
-from training.audio import AudioDecodeError, ClipPolicy, crop_or_pad, eval_windows, load_audio, normalize
-from training.protocols import (
+from training.data.audio import AudioDecodeError, ClipPolicy, crop_or_pad, eval_windows, load_audio, normalize
+from training.data.protocols import (
     ProtocolError,
     check_unique_ids,
     read_asvspoof5_protocol,
@@ -151,7 +151,7 @@ def load_csv_dataset(
     csv_path: str | Path, audio_root: str | Path | None = None, split: str = "eval", skip_missing: bool = False
 ) -> DatasetDict:
     """Load any corpus described by a CSV with columns `path,label` and optionally `utt_id`, `split`, `attack`,
-    `speaker`, `gender`, `codec`, `codec_q`, `attack_tag`, `codec_seed` (see `training.protocols.read_label_csv`).
+    `speaker`, `gender`, `codec`, `codec_q`, `attack_tag`, `codec_seed` (see `training.data.protocols.read_label_csv`).
 
     Relative paths are resolved against `audio_root` (default: the CSV's folder). A `split` column splits the rows
     into several datasets; without it every row goes to `split`.

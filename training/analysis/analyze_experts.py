@@ -1,6 +1,6 @@
 """Which experts fire for which attacks: usage tables, the heatmap, routing signatures and a novel-attack score.
 
-    python -m training.analyze_experts MODEL_DIR DATA_ROOT --split eval [--reference_split train] [--output_dir D]
+    python -m training.analysis.analyze_experts MODEL_DIR DATA_ROOT --split eval [--reference_split train] [--output_dir D]
 
 - Usage per attack (and per codec) per layer: the mean of each clip's `expert_usage` (routers x experts) -> JSON and
   a heatmap PNG (attacks x experts, one panel per layer), the figure the MoLEx paper discusses.
@@ -24,9 +24,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from modeling_molex import MoLExForAudioClassification  # noqa: E402
-from training.data import load_asvspoof5, load_asvspoof2019_la  # noqa: E402
-from training.run_setup import subsample  # noqa: E402
-from training.scoring import aligned_column, score_dataset  # noqa: E402
+from training.data.loaders import load_asvspoof5, load_asvspoof2019_la  # noqa: E402
+from training.metrics.scoring import aligned_column, score_dataset  # noqa: E402
+from training.trainer.run_setup import subsample  # noqa: E402
 
 
 SIGNATURES_FILE = "routing_signatures.json"

@@ -18,7 +18,7 @@ import numpy as np
 import soundfile as sf
 from scipy.signal import istft, resample_poly, stft
 
-from training.corpus_sources import missing_package, require_tool
+from training.corpus.sources import missing_package, require_tool
 
 
 @dataclass(frozen=True)

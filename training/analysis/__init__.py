@@ -1,0 +1,1 @@
+"""What the experts do: usage per attack and layer, novelty, the domain-adaptation experiment."""

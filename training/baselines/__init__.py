@@ -1,0 +1,1 @@
+"""Baselines MoLEx is compared with (MFCC + logistic regression)."""

@@ -1,0 +1,1 @@
+"""Scoring and metrics: official ASVspoof 5 metrics, score files, DET plots, calibration, split scoring."""

@@ -1,0 +1,1 @@
+"""The training run: typed configuration, run assembly and atomic checkpoints."""
