@@ -11,7 +11,7 @@ import numpy as np
 import soundfile as sf
 import yaml
 
-from training.corpus_sources import split_of_key
+from training.corpus.sources import split_of_key
 from training.encoders.ssl_pool import PoolClip, write_manifest
 
 

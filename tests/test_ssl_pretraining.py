@@ -11,7 +11,7 @@ from ssl_fixtures import tiny_pretrain_args, write_corpus_metadata, write_pool
 from conftest import run_in_fresh_process
 from modeling_molex import MoLExAdapterConfig, MoLExForAudioClassification
 from training import pretrain_ssl
-from training.audio import AudioDecodeError
+from training.data.audio import AudioDecodeError
 
 
 @pytest.fixture

@@ -15,10 +15,10 @@ import numpy as np
 import torch
 from transformers import AutoConfig, AutoModel
 
-from training.audio import load_audio, normalize
-from training.baseline_mfcc import fit_logistic, summarise
-from training.corpus_attacks import ATTACK_BY_LABEL
-from training.data import load_asvspoof5
+from training.data.audio import load_audio, normalize
+from training.baselines.mfcc import fit_logistic, summarise
+from training.corpus.attacks import ATTACK_BY_LABEL
+from training.data.loaders import load_asvspoof5
 
 
 L2_VALUES = (1.0, 10.0, 100.0)

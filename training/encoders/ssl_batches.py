@@ -12,7 +12,7 @@ import torch
 from scipy.signal import resample_poly
 from transformers.models.wav2vec2.modeling_wav2vec2 import _compute_mask_indices
 
-from training.audio import AudioDecodeError, load_audio
+from training.data.audio import AudioDecodeError, load_audio
 from training.encoders.ssl_config import SSLPretrainConfig
 from training.encoders.ssl_pool import PoolClip
 

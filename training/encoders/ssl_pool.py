@@ -23,9 +23,9 @@ import numpy as np
 import soundfile as sf
 from tqdm import tqdm
 
-from training.corpus_attacks import ATTACK_BY_LABEL, ATTACKS, synthesize
-from training.corpus_sources import load_prompts, load_recordings, split_of_key
-from training.make_mini_corpus import CODECS, apply_codec, channel, level, write_flac
+from training.corpus.attacks import ATTACK_BY_LABEL, ATTACKS, synthesize
+from training.corpus.sources import load_prompts, load_recordings, split_of_key
+from training.corpus.make_mini_corpus import CODECS, apply_codec, channel, level, write_flac
 
 
 MANIFEST = "pool_manifest.tsv"
@@ -126,7 +126,7 @@ def plan_extra_clips(
 
 def load_recordings_any_length():
     """All Asterisk recordings with speech text, whatever their length (the corpus itself keeps 1-10 s)."""
-    from training import corpus_sources
+    from training.corpus import sources as corpus_sources
 
     bounds = corpus_sources.MIN_SECONDS, corpus_sources.MAX_SECONDS
     corpus_sources.MIN_SECONDS, corpus_sources.MAX_SECONDS = 0.0, float("inf")
