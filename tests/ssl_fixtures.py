@@ -64,7 +64,10 @@ TINY_ENCODER_ARGS = [
 def tiny_config(folder: Path) -> Path:
     """The shipped recipe with codebooks small enough for a few seconds of audio."""
     recipe = yaml.safe_load((Path(__file__).resolve().parents[1] / "configs" / "ssl_tiny.yaml").read_text())
-    recipe["codebooks"] = [{"features": "logmel", "dims": 16, "clusters": 8}, {"features": "mfcc", "dims": 5, "clusters": 4}]
+    recipe["codebooks"] = [
+        {"features": "logmel", "dims": 16, "clusters": 8},
+        {"features": "mfcc", "dims": 5, "clusters": 4},
+    ]
     path = folder / "ssl_test.yaml"
     path.write_text(yaml.safe_dump(recipe))
     return path

@@ -29,7 +29,9 @@ def test_the_real_pool_plan_is_disjoint_from_every_dev_and_eval_clip_of_the_corp
     assert not {t["key"] for t in tasks} & held_out_keys
     assert not {t["source"] for t in tasks if t["source"]} & held_out_sources
     assert {t["attack"] for t in tasks} - {"bonafide"} <= set(TRAINING_ATTACKS)
-    assert not {ATTACK_BY_LABEL[t["attack"]].method for t in tasks if t["attack"] != "bonafide"} & HELD_OUT_ONLY_METHODS
+    assert (
+        not {ATTACK_BY_LABEL[t["attack"]].method for t in tasks if t["attack"] != "bonafide"} & HELD_OUT_ONLY_METHODS
+    )
     for task in tasks:
         if task["attack"] != "bonafide":
             assert task["variant"] in ATTACK_BY_LABEL[task["attack"]].variants, task
@@ -41,7 +43,11 @@ def _clip(key: str, attack: str = "bonafide", variant: str = "-") -> PoolClip:
 
 def test_hygiene_check_refuses_dev_keys_held_out_attacks_and_foreign_voices(tmp_path):
     corpus = write_corpus_metadata(tmp_path / "corpus", [])
-    train_key, dev_key, eval_key = keys_of_split("train", 1)[0], keys_of_split("dev", 1)[0], keys_of_split("eval", 1)[0]
+    train_key, dev_key, eval_key = (
+        keys_of_split("train", 1)[0],
+        keys_of_split("dev", 1)[0],
+        keys_of_split("eval", 1)[0],
+    )
     check_pool_hygiene([_clip(train_key), _clip(train_key, "A01", "m1"), _clip(train_key, "A04", "lpc10")], corpus)
     with pytest.raises(PoolHygieneError, match=dev_key):
         check_pool_hygiene([_clip(train_key), _clip(dev_key)], corpus)

@@ -5,10 +5,10 @@ import json
 
 import pytest
 import torch
+from conftest import run_in_fresh_process
 from safetensors.torch import load_file
 from ssl_fixtures import tiny_pretrain_args, write_corpus_metadata, write_pool
 
-from conftest import run_in_fresh_process
 from modeling_molex import MoLExAdapterConfig, MoLExForAudioClassification
 from training import pretrain_ssl
 from training.data.audio import AudioDecodeError
@@ -46,19 +46,30 @@ def test_two_steps_write_an_encoder_that_loads_in_a_fresh_process_and_under_mole
     trained = load_file(encoder / "model.safetensors")
     torch.manual_seed(0)
     start = pretrain_ssl.MaskedPredictionModel(
-        pretrain_ssl.encoder_config(pretrain_ssl.parse_ssl_config(tiny_pretrain_args(corpus, pool, tmp_path / "x", 2))),
+        pretrain_ssl.encoder_config(
+            pretrain_ssl.parse_ssl_config(tiny_pretrain_args(corpus, pool, tmp_path / "x", 2))
+        ),
         [8, 4],
     ).encoder.state_dict()
-    assert not torch.equal(trained["feature_extractor.conv_layers.0.conv.weight"], start["feature_extractor.conv_layers.0.conv.weight"])
-    model = MoLExForAudioClassification.from_backbone(str(encoder), adapter=MoLExAdapterConfig(num_experts=2, top_k=1, r=2))
+    assert not torch.equal(
+        trained["feature_extractor.conv_layers.0.conv.weight"], start["feature_extractor.conv_layers.0.conv.weight"]
+    )
+    model = MoLExForAudioClassification.from_backbone(
+        str(encoder), adapter=MoLExAdapterConfig(num_experts=2, top_k=1, r=2)
+    )
     assert model.config.normalize_audio is True
-    assert torch.equal(model.backbone.feature_extractor.conv_layers[0].conv.weight, trained["feature_extractor.conv_layers.0.conv.weight"])
+    assert torch.equal(
+        model.backbone.feature_extractor.conv_layers[0].conv.weight,
+        trained["feature_extractor.conv_layers.0.conv.weight"],
+    )
     logs = [json.loads(line) for line in (tmp_path / "run" / "logs" / "pretrain_log.jsonl").read_text().splitlines()]
     train = [r for r in logs if r["event"] == "train"]
     assert [r["step"] for r in train] == [1, 2] and all(0 <= r["masked_acc_0"] <= 1 and r["loss"] > 0 for r in train)
 
 
-def test_a_resumed_run_continues_from_the_same_step_and_ends_where_an_uninterrupted_one_does(pool_and_corpus, tmp_path):
+def test_a_resumed_run_continues_from_the_same_step_and_ends_where_an_uninterrupted_one_does(
+    pool_and_corpus, tmp_path
+):
     pool, corpus = pool_and_corpus
     pretrain_ssl.main(tiny_pretrain_args(corpus, pool, tmp_path / "straight", steps=4))
     interrupted = tiny_pretrain_args(corpus, pool, tmp_path / "resumed", steps=4)
@@ -66,10 +77,10 @@ def test_a_resumed_run_continues_from_the_same_step_and_ends_where_an_uninterrup
     assert first["steps"] == 1 and first["stopped_by_max_minutes"]
     second = pretrain_ssl.main([*interrupted, "--resume", "true"])
     assert second["steps"] == 4
-    logs = [json.loads(line) for line in (tmp_path / "resumed" / "logs" / "pretrain_log.jsonl").read_text().splitlines()]
-    assert any(
-        r["event"] == "resumed" and r["step"] == 1 for r in logs
-    )
+    logs = [
+        json.loads(line) for line in (tmp_path / "resumed" / "logs" / "pretrain_log.jsonl").read_text().splitlines()
+    ]
+    assert any(r["event"] == "resumed" and r["step"] == 1 for r in logs)
     assert [r["step"] for r in logs if r["event"] == "train"] == [1, 2, 3, 4]
     straight = load_file(tmp_path / "straight" / "encoder" / "model.safetensors")
     resumed = load_file(tmp_path / "resumed" / "encoder" / "model.safetensors")

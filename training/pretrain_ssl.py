@@ -94,8 +94,12 @@ def prepare_codebooks(config: SSLPretrainConfig, pool, output_dir: Path) -> tupl
     codebooks, info = [], {"codebooks": []}
     for i, spec in enumerate(specs):
         book = fit_codebook(spec, waves, config.kmeans_frames, config.kmeans_iterations, config.seed + i)
-        sample = torch.cat([book.assign(torch.from_numpy(w[None]), max(1, (len(w) - 400) // 320 + 1))[0] for w in waves[:200]])
-        info["codebooks"].append({**config.codebooks[i], "target_entropy_nats": round(target_entropy(sample, spec.clusters), 3)})
+        sample = torch.cat(
+            [book.assign(torch.from_numpy(w[None]), max(1, (len(w) - 400) // 320 + 1))[0] for w in waves[:200]]
+        )
+        info["codebooks"].append(
+            {**config.codebooks[i], "target_entropy_nats": round(target_entropy(sample, spec.clusters), 3)}
+        )
         codebooks.append(book)
     tensors = {k: v for i, book in enumerate(codebooks) for k, v in book.tensors(f"codebook{i}").items()}
     staging = path.with_name(f".{path.name}.tmp")
@@ -168,7 +172,13 @@ def main(argv: list[str] | None = None) -> dict:
             state["train_seconds"] = round(state["train_seconds"] + time.time() - last_mark[0], 1)
             last_mark[0] = time.time()
             save_checkpoint(
-                output_dir, state["step"], unwrapped, optimizer, scheduler, state, config.save_total_limit,
+                output_dir,
+                state["step"],
+                unwrapped,
+                optimizer,
+                scheduler,
+                state,
+                config.save_total_limit,
                 {"pretrain_config.json": config_text},
             )
         accelerator.wait_for_everyone()

@@ -15,9 +15,9 @@ import numpy as np
 import torch
 from transformers import AutoConfig, AutoModel
 
-from training.data.audio import load_audio, normalize
 from training.baselines.mfcc import fit_logistic, summarise
 from training.corpus.attacks import ATTACK_BY_LABEL
+from training.data.audio import load_audio, normalize
 from training.data.loaders import load_asvspoof5
 
 
@@ -52,7 +52,9 @@ def probe(corpus: str, encoder: torch.nn.Module) -> dict:
     labels = {split: np.asarray(data[split]["label"]) for split in data}
     trained_on = sorted(set(data["train"]["attack"]) - {"bonafide"})
     attacks = np.asarray(data["eval"]["attack"])
-    known = np.array([a in trained_on or getattr(ATTACK_BY_LABEL.get(a), "known_as", None) in trained_on for a in attacks])
+    known = np.array(
+        [a in trained_on or getattr(ATTACK_BY_LABEL.get(a), "known_as", None) in trained_on for a in attacks]
+    )
     results = {}
     for pooling in ("layer_mean", "layer_concat"):
         train = features["train"][pooling]
@@ -61,7 +63,9 @@ def probe(corpus: str, encoder: torch.nn.Module) -> dict:
             weights, bias = fit_logistic((train - mean) / std, labels["train"], l2)
             scores = {s: (features[s][pooling] - mean) / std @ weights + bias for s in ("dev", "eval")}
             spoof = labels["eval"] == 0
-            row = {"dev": summarise(scores["dev"], labels["dev"], np.asarray(data["dev"]["attack"]), labels["dev"] == 0)}
+            row = {
+                "dev": summarise(scores["dev"], labels["dev"], np.asarray(data["dev"]["attack"]), labels["dev"] == 0)
+            }
             row["eval"] = summarise(scores["eval"], labels["eval"], attacks, spoof)
             row["eval_known"] = summarise(scores["eval"], labels["eval"], attacks, spoof & known)
             row["eval_unseen"] = summarise(scores["eval"], labels["eval"], attacks, spoof & ~known)

@@ -72,7 +72,9 @@ class SSLPretrainConfig:
     extra_spoofs_per_attack: int = _help(
         "Extra clips per training attack method (A01 espeak-ng, A02 flite, A04 LPC-10) from train keys; 0 = none.", 0
     )
-    coded_fraction: float = _help("Share of extra pool clips that also get an eval-style codec copy (augmentation).", 0.3)
+    coded_fraction: float = _help(
+        "Share of extra pool clips that also get an eval-style codec copy (augmentation).", 0.3
+    )
     max_pool_clips: int | None = _help("Use at most this many pool clips (tests and quick runs).", None)
     on_bad_audio: Literal["skip", "raise"] = _help(
         "An unreadable pool clip: 'skip' counts and lists it in the log, 'raise' stops with its path.", "raise"
@@ -85,21 +87,28 @@ class SSLPretrainConfig:
     intermediate_size: int = _help("Feed-forward width.", 512)
     conv_dim: list[int] = _help("CNN channels per layer.", lambda: [32, 64, 128, 128])
     conv_kernel: list[int] = _help("CNN kernel per layer.", lambda: [10, 8, 4, 4])
-    conv_stride: list[int] = _help("CNN stride per layer (product 320 = 20 ms frames at 16 kHz).", lambda: [5, 4, 4, 4])
+    conv_stride: list[int] = _help(
+        "CNN stride per layer (product 320 = 20 ms frames at 16 kHz).", lambda: [5, 4, 4, 4]
+    )
     num_conv_pos_embeddings: int = _help("Kernel of the convolutional position embedding.", 32)
     num_conv_pos_embedding_groups: int = _help("Groups of the convolutional position embedding.", 16)
     dropout: float = _help("Hidden, attention and activation dropout in pretraining.", 0.1)
     # ----- targets and masking -----
     codebooks: list[dict] = _help(
         "Target sets (YAML list of {features, dims, clusters}); one linear head and one cross-entropy each.",
-        lambda: [{"features": "logmel", "dims": 64, "clusters": 256}, {"features": "mfcc", "dims": 13, "clusters": 100}],
+        lambda: [
+            {"features": "logmel", "dims": 64, "clusters": 256},
+            {"features": "mfcc", "dims": 13, "clusters": 100},
+        ],
     )
     kmeans_frames: int = _help("Frames sampled from the pool to fit each codebook.", 100_000)
     kmeans_iterations: int = _help("Lloyd iterations of scipy's kmeans2 (k-means++ initialisation).", 20)
     mask_prob: float = _help("transformers' _compute_mask_indices mask_prob (span starts per frame x length).", 0.5)
     mask_length: int = _help("Masked span length in frames (20 ms each).", 5)
     # ----- crops and augmentation -----
-    crop_samples: int = _help("Longest training crop (samples at 16 kHz); shorter clips are zero-padded and masked.", 24_000)
+    crop_samples: int = _help(
+        "Longest training crop (samples at 16 kHz); shorter clips are zero-padded and masked.", 24_000
+    )
     min_clip_samples: int = _help("Clips shorter than this are left out of the pool (counted).", 8_000)
     speed_prob: float = _help("Probability of a speed perturbation (resampling: changes tempo and pitch).", 0.5)
     speed_factors: list[float] = _help("Speed factors drawn from.", lambda: [0.9, 0.95, 1.05, 1.1])
@@ -142,7 +151,9 @@ class SSLPretrainConfig:
         if not len(self.conv_dim) == len(self.conv_kernel) == len(self.conv_stride):
             raise ValueError("`conv_dim`, `conv_kernel` and `conv_stride` must have the same length")
         if math.prod(self.conv_stride) != 320:
-            raise ValueError(f"`conv_stride` must multiply to 320 (20 ms frames, the targets' hop), got {self.conv_stride}")
+            raise ValueError(
+                f"`conv_stride` must multiply to 320 (20 ms frames, the targets' hop), got {self.conv_stride}"
+            )
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(f"`hidden_size` {self.hidden_size} must divide by `num_attention_heads`")
         if self.hidden_size % self.num_conv_pos_embedding_groups:

@@ -24,8 +24,8 @@ import soundfile as sf
 from tqdm import tqdm
 
 from training.corpus.attacks import ATTACK_BY_LABEL, ATTACKS, synthesize
-from training.corpus.sources import load_prompts, load_recordings, split_of_key
 from training.corpus.make_mini_corpus import CODECS, apply_codec, channel, level, write_flac
+from training.corpus.sources import load_prompts, load_recordings, split_of_key
 
 
 MANIFEST = "pool_manifest.tsv"
@@ -64,7 +64,9 @@ def corpus_train_clips(corpus_dir: str | Path, use_spoofs: bool) -> list[PoolCli
                 continue
             path = corpus_dir / "flac_T" / f"{row['file']}.flac"
             seconds = round(sf.info(str(path)).duration, 3) if path.is_file() else 0.0
-            clips.append(PoolClip(str(path), "corpus_train", row["attack"], row["variant"], row["prompt_key"], seconds))
+            clips.append(
+                PoolClip(str(path), "corpus_train", row["attack"], row["variant"], row["prompt_key"], seconds)
+            )
     return clips
 
 
@@ -100,7 +102,9 @@ def plan_extra_clips(
     tasks = []
     if extra_bonafide:
         for r in recordings:
-            tasks.append({"attack": "bonafide", "variant": "-", "source": r.path, "key": r.key, "text": "", "lang": ""})
+            tasks.append(
+                {"attack": "bonafide", "variant": "-", "source": r.path, "key": r.key, "text": "", "lang": ""}
+            )
     if use_spoofs and spoofs_per_attack:
         prompts = [p for p in load_prompts() if p.split == "train"]
         for label in EXTRA_SPOOF_ATTACKS:
