@@ -157,6 +157,22 @@ def table(rows: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
+def merge_results(folders: list[Path], output_dir: Path) -> dict:
+    """One results.json and table.md from runs that split the rows over processes (same settings required)."""
+    parts = [json.loads((folder / "results.json").read_text()) for folder in folders]
+    settings = {k: v for k, v in parts[0]["settings"].items()}
+    for folder, part in zip(folders, parts, strict=True):
+        if part["settings"] != settings:
+            raise ValueError(f"{folder}/results.json was run with other settings: {part['settings']} != {settings}")
+    rows = {name: row for part in parts for name, row in part["rows"].items()}
+    results = {"settings": settings, "rows": {name: rows[name] for name in ROWS if name in rows}}
+    (output_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    text = table(results["rows"])
+    (output_dir / "table.md").write_text(text + "\n")
+    print(text)
+    return results
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="configs/tiny.yaml")
@@ -170,9 +186,14 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--max_eval_samples", type=int, default=300, help="seeded dev / eval subset per seed")
     parser.add_argument("--full_finetune_lr_scale", type=float, default=0.25, help="full FT LR = config LR x this")
     parser.add_argument("--train_args", nargs=argparse.REMAINDER, default=[], help="extra train.py overrides")
+    parser.add_argument(
+        "--merge_from", nargs="+", help="only merge the results.json of runs split over processes (by --rows)"
+    )
     args = parser.parse_args(argv)
     output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
+    if args.merge_from:
+        return merge_results([Path(folder) for folder in args.merge_from], output_dir)
     config = load_yaml_config(args.config)
     corpus_dir = args.corpus_dir or config["data_root"]
     base = {"data_root": corpus_dir, "max_steps": args.max_steps, "crop_samples": args.crop_samples}

@@ -94,6 +94,8 @@ def export_encoder(encoder: Wav2Vec2Model, folder: str | Path, extra_files: dict
         ).save_pretrained(staging)
         for name, text in (extra_files or {}).items():
             (staging / name).write_text(text)
+        for path in [staging, *staging.iterdir()]:  # mkdtemp makes a private folder: publish it like any output
+            path.chmod(0o755 if path.is_dir() else 0o644)
         if folder.exists():
             shutil.rmtree(folder)
         os.replace(staging, folder)
