@@ -3,9 +3,12 @@
 import json
 
 import yaml
+from accelerate import Accelerator
 from train_fixtures import write_synthetic_asvspoof5
 
 from training import compare
+from training.trainer.config import parse_train_config
+from training.trainer.run_setup import build_model
 
 
 def test_compare_runs_every_row_on_a_tiny_slice_and_counts_what_each_row_trains(tmp_path):
@@ -38,3 +41,18 @@ def test_compare_runs_every_row_on_a_tiny_slice_and_counts_what_each_row_trains(
     assert all(list(files) for files in dev_ids.values())
     table = (output / "table.md").read_text().splitlines()
     assert len(table) == 2 + len(compare.ROWS) and "± 0.0" in table[2]
+
+
+def test_full_fine_tuning_trains_every_encoder_weight_the_classifier_reaches_but_no_expert(tmp_path):
+    corpus = write_synthetic_asvspoof5(tmp_path / "corpus", per_class=2, seconds=0.5)
+    argv = ["--backbone", "tiny-random", "--data_root", str(corpus), "--output_dir", str(tmp_path / "run")]
+    model = build_model(parse_train_config([*argv, "--trainable", "full"]), Accelerator(cpu=True))
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    base_weights = {name for name in dict(model.named_parameters()) if ".base_layer." in name}
+    assert base_weights and base_weights <= trainable  # the adapted linears' own weights train
+    assert not {name for name in trainable if ".lora_" in name or "router" in name}
+    assert any("feature_extractor.conv_layers" in name for name in trainable)  # the CNN too
+    head_only = build_model(parse_train_config([*argv, "--trainable", "head"]), Accelerator(cpu=True))
+    assert {name for name, p in head_only.named_parameters() if p.requires_grad} == {
+        name for name in trainable if not name.startswith("backbone.")
+    }

@@ -105,8 +105,13 @@ def apply_baseline_scope(model: MoLExForAudioClassification, scope: str) -> None
     model.apply_trainability(train_head=True)
     if scope != "full":
         return
+    # Expert and router weights stay frozen (at zero delta); the adapted linears' own base weights do train.
     adapters = {
-        id(p) for m in model.backbone.modules() if isinstance(m, (MoLExLinear, TopKRouter)) for p in m.parameters()
+        id(parameter)
+        for module in model.backbone.modules()
+        if isinstance(module, (MoLExLinear, TopKRouter))
+        for name, parameter in module.named_parameters()
+        if not name.startswith("base_layer.")
     }
     for parameter in model.backbone.parameters():
         if id(parameter) not in adapters:
