@@ -33,6 +33,7 @@ from .router import (
     load_balancing_loss,
     router_z_loss,
 )
+from .scoring import WaveformScoringMixin
 
 
 class MoLExPreTrainedModel(PreTrainedModel):
@@ -72,7 +73,7 @@ class MoLExPreTrainedModel(PreTrainedModel):
                 self._init_weights(module)
 
 
-class MoLExForAudioClassification(MoLExPreTrainedModel):
+class MoLExForAudioClassification(WaveformScoringMixin, MoLExPreTrainedModel):
     """Mixture of LoRA Experts in a frozen speech SSL encoder, for bona fide vs spoof classification."""
 
     def __init__(self, config: MoLExConfig):
