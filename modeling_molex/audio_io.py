@@ -63,6 +63,8 @@ def as_channels_first(wave, name: str = "wave") -> np.ndarray:
     if np.issubdtype(wave.dtype, np.integer):
         wave = wave.astype(np.float64) / float(-np.iinfo(wave.dtype).min)
     wave = wave.astype(np.float64, copy=False)
+    if wave.size == 0:
+        raise AudioInputError(f"{name}: holds no audio samples")
     if wave.ndim == 1:
         wave = wave[None, :]
     elif wave.ndim == 2:
@@ -76,8 +78,6 @@ def as_channels_first(wave, name: str = "wave") -> np.ndarray:
     else:
         raise AudioInputError(f"{name}: expected shape (samples,), (channels, samples) or (samples, channels), got "
                               f"{tuple(wave.shape)}")  # fmt: skip
-    if wave.shape[1] == 0:
-        raise AudioInputError(f"{name}: holds no audio samples")
     finite = np.isfinite(wave)
     if not finite.all():
         first = int(np.argwhere(~finite)[0][1])
