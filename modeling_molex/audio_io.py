@@ -150,7 +150,8 @@ def decode_audio(path: str | os.PathLike) -> tuple[np.ndarray, int]:
             reasons.append(f"ffmpeg: {error}")
     else:
         reasons.append("ffmpeg: the ffmpeg/ffprobe binaries are not on PATH (apt-get install ffmpeg)")
-    raise AudioInputError(f"{path.name} is not an audio file that can be decoded ({'; '.join(reasons)})")
+    reasons = "; ".join(reasons).replace(str(path), path.name)  # messages reach users: no server paths in them
+    raise AudioInputError(f"{path.name} is not an audio file that can be decoded ({reasons})")
 
 
 def _ffmpeg_decode(path: Path) -> tuple[np.ndarray, int]:

@@ -310,6 +310,10 @@ class WaveformScoringMixin:
             )
         return score_waveforms(self, [wave], [rate], names=[name], **kwargs)[0]
 
+    def routing_signatures(self) -> RoutingSignatures | None:
+        """The routing signatures `score_waveform` uses for novelty (None when the model ships none)."""
+        return load_model_signatures(self)
+
     @staticmethod
     def read_audio(path: str | os.PathLike) -> tuple[np.ndarray, int]:
         """Decode an audio file -> (float32 (channels, samples), rate), as `score_file` does."""
