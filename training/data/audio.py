@@ -14,6 +14,7 @@ from typing import Literal
 import numpy as np
 
 from modeling_molex.audio_io import AudioInputError, as_channels_first, decode_audio, resample, to_mono
+from modeling_molex.scoring import window_starts
 
 
 __all__ = ["AudioDecodeError", "ClipPolicy", "crop_or_pad", "eval_windows", "load_audio", "normalize"]
@@ -109,16 +110,14 @@ def crop_or_pad(
 
 
 def eval_windows(wave: np.ndarray, length: int, hop: int, pad: str) -> list[tuple[np.ndarray, int]]:
-    """Cut a clip into `length`-sample windows every `hop` samples; the last window ends at the clip end.
+    """Cut a clip into `length`-sample windows every `hop` samples; the last window ends at the clip end (the
+    model's own window placement, `modeling_molex.scoring.window_starts`).
 
     A clip shorter than `length` gives one padded window. Every sample is covered by at least one window.
     """
-    if len(wave) <= length:
-        return [_pad(wave, length, pad) if len(wave) < length else (wave, length)]
-    starts = list(range(0, len(wave) - length + 1, hop))
-    if starts[-1] != len(wave) - length:
-        starts.append(len(wave) - length)
-    return [(wave[s : s + length], length) for s in starts]
+    if len(wave) < length:
+        return [_pad(wave, length, pad)]
+    return [(wave[s : s + length], length) for s in window_starts(len(wave), length, hop)]
 
 
 def normalize(wave: np.ndarray, num_signal: int) -> np.ndarray:
