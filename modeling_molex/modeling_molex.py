@@ -24,6 +24,12 @@ from .heads import AttentiveStatisticsPooling, ClassificationHead, MeanPooling, 
 from .hub_upload import push_model_in_one_commit
 from .injection import block_router_name, encoder_blocks, inject_experts
 from .layers import MoLExLinear
+from .model_inputs import (
+    check_clip_lengths,
+    minimum_input_samples,
+    standardize_attention_mask,
+    standardize_input_values,
+)
 from .outputs import MoLExAudioClassifierOutput, detection_scores, routing_summary
 from .router import (
     RouterOutput,
@@ -270,8 +276,16 @@ class MoLExForAudioClassification(MoLExPreTrainedModel):
         output_hidden_states: bool | None = None,
         **kwargs,
     ) -> MoLExAudioClassifierOutput:
-        """input_values: (B, samples) float audio at `config.sampling_rate`; attention_mask: (B, samples), 1 = real
-        sample; labels: (B,) with 1 = bonafide, 0 = spoof."""
+        """input_values: (B, samples), (B, 1, samples) or (samples,) float audio at `config.sampling_rate` (any float
+        dtype; cast to the model's); attention_mask: same shape, 1 = real sample, 0 = right padding; labels: (B,) with
+        1 = bonafide, 0 = spoof. Clips shorter than one feature-encoder frame, non-finite samples and masks that are
+        not 0/1 right-padding are refused (see model_inputs.py)."""
+        original_shape = tuple(input_values.shape) if isinstance(input_values, torch.Tensor) else ()
+        input_values = standardize_input_values(input_values, self.dtype)
+        attention_mask = standardize_attention_mask(attention_mask, input_values, original_shape)
+        check_clip_lengths(
+            input_values, attention_mask, minimum_input_samples(self.config.backbone_config), self.config.sampling_rate
+        )
         frame_mask = self._frame_mask(input_values, attention_mask)
         with routing_scope(frame_mask) as routing:
             outputs = self.backbone(input_values, attention_mask=attention_mask, output_hidden_states=True)
