@@ -20,6 +20,7 @@ from transformers import initialization as init
 from .adapter_config import MoLExAdapterConfig
 from .configuration_molex import MoLExConfig
 from .experts_io import load_expert_pack, save_expert_pack
+from .feature_extraction_molex import MoLExFeatureExtractor
 from .heads import AttentiveStatisticsPooling, ClassificationHead, MeanPooling, WeightedLayerSum
 from .hub_upload import push_model_in_one_commit
 from .injection import block_router_name, encoder_blocks, inject_experts
@@ -153,11 +154,13 @@ class MoLExForAudioClassification(MoLExPreTrainedModel):
         # Loading materialises fresh parameters (requires_grad=True everywhere): freeze again after it.
         wants_info = kwargs.pop("output_loading_info", False)
         model, info = super().from_pretrained(*args, output_loading_info=True, **kwargs)
-        missing = [key for key in info.get("missing_keys", []) if _is_molex_parameter(key)]
+        # Every weight comes from the checkpoint: a missing one (expert, router, head or backbone) would otherwise be
+        # silently random-initialised and give a wrong score with no error.
+        missing = sorted(info.get("missing_keys", []))
         if missing:
             raise ValueError(
                 f"{args[0] if args else kwargs.get('pretrained_model_name_or_path')}: the checkpoint lacks "
-                f"{len(missing)} expert/router weights that config.json declares, e.g. {sorted(missing)[:5]}"
+                f"{len(missing)} weight(s) that config.json declares: {missing[:8]}"
             )
         model.apply_trainability()
         return (model, info) if wants_info else model
@@ -372,9 +375,10 @@ class MoLExForAudioClassification(MoLExPreTrainedModel):
         self.apply_trainability()
         return new_packs
 
-    def feature_extractor(self) -> Wav2Vec2FeatureExtractor:
-        """The feature extractor that turns raw audio into this model's `input_values` (used by the pipeline)."""
-        return Wav2Vec2FeatureExtractor(
+    def feature_extractor(self) -> MoLExFeatureExtractor:
+        """The feature extractor that turns raw audio into this model's `input_values` (float64 normalisation,
+        non-finite audio refused); saved as `preprocessor_config.json`."""
+        return MoLExFeatureExtractor(
             feature_size=1,
             sampling_rate=self.config.sampling_rate,
             padding_value=0.0,

@@ -1,9 +1,11 @@
 """What the model's forward accepts: any clip length from one feature-encoder frame up, masks that describe
 right-padding, finite float audio in the obvious shapes; everything else is a clear error (issue 10, items 3, 4, 13)."""
 
+import numpy as np
 import pytest
 import torch
 from conftest import random_audio, randomize_experts, tiny_backbone_config
+from safetensors.torch import load_file, save_file
 
 from modeling_molex import MoLExAdapterConfig, MoLExConfig, MoLExForAudioClassification
 from modeling_molex.model_inputs import minimum_input_samples
@@ -102,3 +104,73 @@ def test_bool_int_and_float_01_masks_give_the_same_score():
     reference = scores(model, audio, mask)
     for variant in (mask.long(), mask.int(), mask.float()):
         assert torch.equal(scores(model, audio, variant), reference)
+
+
+def test_non_finite_audio_is_refused_by_forward_naming_the_rows():
+    model = build("wav2vec2")
+    for bad in (float("nan"), float("inf"), float("-inf")):
+        audio = random_audio(3, 1000)
+        audio[1, 17] = bad
+        with pytest.raises(ValueError, match=r"rows \[1\] contain NaN or infinite"):
+            model(audio)
+
+
+def test_forward_accepts_float64_and_the_obvious_shapes():
+    model = build("wav2vec2")
+    audio = random_audio(2, 1000)
+    mask = torch.ones_like(audio, dtype=torch.long)
+    mask[1, 600:] = 0
+    reference = scores(model, audio, mask)
+    assert torch.equal(scores(model, audio.double(), mask), reference)
+    assert torch.equal(scores(model, audio.unsqueeze(1), mask.unsqueeze(1)), reference)
+    assert torch.equal(scores(model, audio[0]), scores(model, audio[:1]))
+    assert torch.equal(scores(model, audio[0], mask[0]), scores(model, audio[:1]))
+
+
+@pytest.mark.parametrize(
+    ("audio", "error", "message"),
+    [
+        (torch.zeros(2, 2, 1000), ValueError, r"\(samples,\), \(batch, samples\) or \(batch, 1, samples\)"),
+        (torch.zeros(1, 1, 1, 1000), ValueError, "mono audio"),
+        (torch.zeros(1, 1000, dtype=torch.int16), TypeError, "must be float audio"),
+        (torch.zeros(1, 0), ValueError, "no samples"),
+    ],
+)
+def test_unusable_input_is_refused_naming_what_is_expected(audio, error, message):
+    with pytest.raises(error, match=message):
+        build("wav2vec2")(audio)
+
+
+def test_feature_extractor_refuses_non_finite_audio():
+    extractor = build("wav2vec2").feature_extractor()
+    clip = random_audio(1, 1000)[0].numpy()
+    clip[5] = float("nan")
+    with pytest.raises(ValueError, match="clip 0 contains NaN or infinite"):
+        extractor(clip, sampling_rate=16000)
+    with pytest.raises(ValueError, match="clip 1 contains NaN or infinite"):
+        extractor([random_audio(1, 1000)[0].numpy(), clip], sampling_rate=16000, padding=True)
+
+
+def test_huge_finite_audio_scores_like_the_same_clip_not_like_silence():
+    model = build("wav2vec2")
+    extractor = model.feature_extractor()
+    clip = random_audio(1, 2000, seed=9)[0].numpy()
+
+    def score(wave):
+        inputs = extractor(wave, sampling_rate=16000, return_tensors="pt")
+        return scores(model, inputs["input_values"], inputs["attention_mask"])[0]
+
+    silence = score(np.zeros_like(clip))
+    normal = score(clip)
+    for scale in (1e20, 1e29, 1e35):
+        torch.testing.assert_close(score(clip * scale), normal, atol=1e-5, rtol=1e-5)
+        assert not torch.isclose(score(clip * scale), silence)
+
+
+def test_a_head_tensor_missing_from_a_checkpoint_is_an_error_naming_it(tmp_path):
+    build("wav2vec2").save_pretrained(tmp_path)
+    weights = load_file(tmp_path / "model.safetensors")
+    del weights["classifier.out_proj.weight"]
+    save_file(weights, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ValueError, match=r"lacks 1 weight.*classifier\.out_proj\.weight"):
+        MoLExForAudioClassification.from_pretrained(tmp_path)
