@@ -1,6 +1,6 @@
 """Expert packs on disk: each expert a standard PEFT LoRA folder, plus what MoLEx needs to route to them.
 
-    <pack>/adapter_config.json      MoLExAdapterConfig of the pack (peft_type "MOLEX")
+    <pack>/molex_pack_config.json   MoLExAdapterConfig of the pack (`adapter_config.json` in packs saved before)
     <pack>/index.json               experts, their pack, router column, modules, rank; the backbone they fit
     <pack>/router.safetensors       router rows of these experts, one tensor per router
     <pack>/expert_<i>/adapter_config.json + adapter_model.safetensors   plain PEFT LoRA (peft_type "LORA")
@@ -18,16 +18,16 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .adapter_config import ADAPTER_CONFIG_NAME, MoLExAdapterConfig
+from .adapter_config import LEGACY_PACK_CONFIG_NAME, PACK_CONFIG_NAME, MoLExAdapterConfig
 
 
 INDEX_NAME = "index.json"
 ROUTER_WEIGHTS_NAME = "router.safetensors"
 PEFT_WEIGHTS_NAME = "adapter_model.safetensors"
 PACK_FORMAT = "molex-expert-pack"
-HUB_PACK_PATTERNS = [f"{name}" for name in (ADAPTER_CONFIG_NAME, INDEX_NAME, ROUTER_WEIGHTS_NAME)] + [
-    f"*/{name}" for name in (ADAPTER_CONFIG_NAME, INDEX_NAME, ROUTER_WEIGHTS_NAME, PEFT_WEIGHTS_NAME)
-]
+PEFT_CONFIG_NAME = "adapter_config.json"  # of each expert folder: a plain PEFT LoRA adapter
+PACK_FILES = (PACK_CONFIG_NAME, LEGACY_PACK_CONFIG_NAME, INDEX_NAME, ROUTER_WEIGHTS_NAME)
+HUB_PACK_PATTERNS = [f"{name}" for name in PACK_FILES] + [f"*/{name}" for name in (*PACK_FILES, PEFT_WEIGHTS_NAME)]
 
 
 def peft_lora_config(adapter: MoLExAdapterConfig, module_paths: list[str]) -> dict:
@@ -99,7 +99,7 @@ def save_expert_pack(model: nn.Module, directory: str | os.PathLike, names: list
                     layer.stacked_lora_b()[index].detach().T.contiguous()
                 )
             save_file({k: v.cpu() for k, v in tensors.items()}, os.path.join(folder, PEFT_WEIGHTS_NAME))
-            _write_json(os.path.join(folder, ADAPTER_CONFIG_NAME), peft_lora_config(adapter, list(layers)))
+            _write_json(os.path.join(folder, PEFT_CONFIG_NAME), peft_lora_config(adapter, list(layers)))
             index_entries.append(
                 {
                     "name": name,
@@ -163,10 +163,13 @@ def _pack_root(path_or_repo_id: str | os.PathLike, revision: str | None) -> str:
 
         path = snapshot_download(path, revision=revision, allow_patterns=HUB_PACK_PATTERNS)
     for root in (path, os.path.join(path, "experts")):
-        if os.path.isfile(os.path.join(root, INDEX_NAME)) and os.path.isfile(os.path.join(root, ADAPTER_CONFIG_NAME)):
+        has_config = any(
+            os.path.isfile(os.path.join(root, name)) for name in (PACK_CONFIG_NAME, LEGACY_PACK_CONFIG_NAME)
+        )
+        if os.path.isfile(os.path.join(root, INDEX_NAME)) and has_config:
             return root
     raise FileNotFoundError(
-        f"{path_or_repo_id}: no expert pack ({INDEX_NAME} + {ADAPTER_CONFIG_NAME}) here or in experts/"
+        f"{path_or_repo_id}: no expert pack ({INDEX_NAME} + {PACK_CONFIG_NAME}) here or in experts/"
     )
 
 

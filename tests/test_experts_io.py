@@ -44,7 +44,7 @@ def test_save_pretrained_round_trip_is_bit_exact(family, tmp_path):
 def test_adapter_config_round_trips_peft_style(tmp_path):
     adapter = MoLExAdapterConfig(num_experts=3, top_k=1, r=2, target_modules=["q_proj"], layers_to_transform=[1])
     adapter.save_pretrained(tmp_path)
-    data = json.loads((tmp_path / "adapter_config.json").read_text())
+    data = json.loads((tmp_path / "molex_pack_config.json").read_text())
     assert data["peft_type"] == "MOLEX" and list(data) == sorted(data)
     assert MoLExAdapterConfig.from_pretrained(tmp_path) == adapter
     assert MoLExAdapterConfig.from_dict(adapter.to_dict()) == adapter
@@ -84,10 +84,10 @@ def test_expert_pack_save_load_reproduces_the_model(tmp_path):
     saved = trained.save_experts(tmp_path / "pack", names=[pack_name])
     assert saved == ["expert_4", "expert_5"]
     assert sorted(os.listdir(tmp_path / "pack")) == [
-        "adapter_config.json",
         "expert_4",
         "expert_5",
         "index.json",
+        "molex_pack_config.json",
         "router.safetensors",
     ]
     # A model holding only the base pack, then the shipped pack on top of it.
