@@ -12,7 +12,8 @@ import math
 import torch
 from torch import nn
 
-from .router import RouterOutput, RoutingContext, TopKRouter
+from .router import RouterOutput, TopKRouter
+from .routing_state import current_routing_state
 
 
 class MoLExLinear(nn.Module):
@@ -22,8 +23,7 @@ class MoLExLinear(nn.Module):
         base_layer: the frozen linear layer of the backbone.
         pack_sizes: experts per pack; each pack is one pair of stacked parameters (`lora_A.<i>`, `lora_B.<i>`).
         r, lora_alpha, lora_dropout: as in PEFT LoRA.
-        context: the model's `RoutingContext` (frame mask in, router records out).
-        router_name: key of the router output this layer uses in `context.records`.
+        router_name: key of the router output this layer uses in the call's routing state (`routing_state.py`).
         router: the layer's own router (`router_scope="module"`); `None` when the block router decides.
     """
 
@@ -34,7 +34,6 @@ class MoLExLinear(nn.Module):
         r: int,
         lora_alpha: float,
         lora_dropout: float,
-        context: RoutingContext,
         router_name: str,
         router: TopKRouter | None = None,
     ):
@@ -50,7 +49,6 @@ class MoLExLinear(nn.Module):
         self.router = router
         self.router_name = router_name
         self.experts_enabled = True
-        self._context = context  # plain attribute: shared scratchpad, not a submodule
 
     # Code that reads `module.weight` directly (WavLM attention, merging tools) still sees the frozen weight.
     @property
@@ -97,11 +95,12 @@ class MoLExLinear(nn.Module):
         return self.mixture_delta(x, self._routing(x), add_to=result)
 
     def _routing(self, x: torch.Tensor) -> RouterOutput:
+        state = current_routing_state()
         if self.router is not None:
-            routing = self.router(x, self._context.frame_mask)
-            self._context.records[self.router_name] = routing
+            routing = self.router(x, state.frame_mask)
+            state.records[self.router_name] = routing
             return routing
-        routing = self._context.records.get(self.router_name)
+        routing = state.records.get(self.router_name)
         if routing is None:
             raise RuntimeError(
                 f"MoLExLinear: no routing decision {self.router_name!r} for this forward pass. Call the backbone "

@@ -27,12 +27,12 @@ from .layers import MoLExLinear
 from .outputs import MoLExAudioClassifierOutput, detection_scores, routing_summary
 from .router import (
     RouterOutput,
-    RoutingContext,
     TopKRouter,
     expert_orthogonality_loss,
     load_balancing_loss,
     router_z_loss,
 )
+from .routing_state import carry_routing_state, routing_scope
 
 
 class MoLExPreTrainedModel(PreTrainedModel):
@@ -62,6 +62,13 @@ class MoLExPreTrainedModel(PreTrainedModel):
             if module.bias is not None:
                 init.zeros_(module.bias)
 
+    def _set_gradient_checkpointing(self, enable: bool = True, gradient_checkpointing_func=None, **kwargs) -> None:
+        # Checkpointed blocks are recomputed in backward, after the forward's routing scope has closed: hand them the
+        # routing state of the forward they replay.
+        if gradient_checkpointing_func is not None:
+            kwargs["gradient_checkpointing_func"] = carry_routing_state(gradient_checkpointing_func)
+        super()._set_gradient_checkpointing(enable=enable, **kwargs)
+
     @torch.no_grad()
     def initialize_weights(self) -> None:
         # The backbone is a PreTrainedModel, so transformers dispatches its own `_init_weights` to everything under
@@ -77,9 +84,8 @@ class MoLExForAudioClassification(MoLExPreTrainedModel):
 
     def __init__(self, config: MoLExConfig):
         super().__init__(config)
-        self.routing_context = RoutingContext()
         self.backbone = AutoModel.from_config(config.backbone_config)
-        inject_experts(self.backbone, config.adapter, self.routing_context)
+        inject_experts(self.backbone, config.adapter)
         hidden_size = config.backbone_config.hidden_size
         num_states = config.backbone_config.num_hidden_layers + 1
         self.layer_sum = WeightedLayerSum(num_states) if config.use_weighted_layer_sum else None
@@ -267,9 +273,9 @@ class MoLExForAudioClassification(MoLExPreTrainedModel):
         """input_values: (B, samples) float audio at `config.sampling_rate`; attention_mask: (B, samples), 1 = real
         sample; labels: (B,) with 1 = bonafide, 0 = spoof."""
         frame_mask = self._frame_mask(input_values, attention_mask)
-        self.routing_context.reset(frame_mask)
-        outputs = self.backbone(input_values, attention_mask=attention_mask, output_hidden_states=True)
-        records = [self.routing_context.records[name] for name in self._router_names]
+        with routing_scope(frame_mask) as routing:
+            outputs = self.backbone(input_values, attention_mask=attention_mask, output_hidden_states=True)
+        records = [routing.records[name] for name in self._router_names]
         hidden = self.layer_sum(outputs.hidden_states) if self.layer_sum is not None else outputs.last_hidden_state
         logits = self.classifier(self.pooling(hidden, frame_mask))  # (B, 2)
 

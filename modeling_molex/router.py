@@ -1,4 +1,4 @@
-"""Top-k routing over LoRA experts, the per-forward routing record, and the routers' auxiliary losses.
+"""Top-k routing over LoRA experts, the record of one router's decisions, and the routers' auxiliary losses.
 
 Routers run in float32 whatever the model dtype: softmax over a handful of logits in bf16 flips top-k choices.
 Shapes: B batch, T frames, D hidden size, E experts, k top-k, S routing decisions per clip (T for token
@@ -28,23 +28,6 @@ class RouterOutput:
         """(B, S, E) gates: the top-k weights scattered into place, exact zeros elsewhere."""
         gates = torch.zeros_like(self.probs)
         return gates.scatter(-1, self.top_k_indices, self.top_k_weights)
-
-
-class RoutingContext:
-    """Scratchpad shared by every router and expert layer of one model during one forward pass.
-
-    The model sets the frame-level padding mask before calling the backbone and collects the router outputs after
-    it, so nothing has to be threaded through the backbone's forward signatures. Records are keyed by router name,
-    so a gradient-checkpointing recompute overwrites instead of duplicating them.
-    """
-
-    def __init__(self) -> None:
-        self.frame_mask: torch.Tensor | None = None  # (B, T) bool
-        self.records: dict[str, RouterOutput] = {}
-
-    def reset(self, frame_mask: torch.Tensor | None) -> None:
-        self.frame_mask = frame_mask
-        self.records = {}
 
 
 class TopKRouter(nn.Module):
