@@ -16,7 +16,6 @@ from train_fixtures import write_synthetic_asvspoof5
 from transformers import AutoModelForAudioClassification
 
 from training import train
-from training.metrics.calibration import fit_llr_calibration
 from training.metrics.score_files import read_score_file
 from training.trainer.checkpointing import list_checkpoints, resolve_resume_path
 from training.trainer.config import load_yaml_config, parse_train_config
@@ -185,16 +184,3 @@ def test_half_written_checkpoints_are_never_resumed(tmp_path):
     assert resolve_resume_path(tmp_path, "latest") is None
     with pytest.raises(FileNotFoundError, match="not a complete checkpoint"):
         resolve_resume_path(tmp_path, str(root / "checkpoint-4"))
-
-
-def test_calibration_recovers_a_known_llr():
-    rng = np.random.default_rng(0)
-    # bona fide ~ N(1, 1), spoof ~ N(-1, 1): the true LLR is 2 s, whatever the class balance.
-    bonafide, spoof = rng.normal(1, 1, 4000), rng.normal(-1, 1, 36000)
-    scores = np.concatenate([bonafide, spoof]) * 3.0 + 5.0  # an affine distortion the calibration must undo
-    labels = np.concatenate([np.ones(4000), np.zeros(36000)])
-    fitted = fit_llr_calibration(scores, labels)
-    assert fitted["scale"] * 3.0 == pytest.approx(2.0, rel=0.05)
-    assert fitted["scale"] * 5.0 + fitted["bias"] == pytest.approx(0.0, abs=0.05)
-    with pytest.raises(ValueError, match="both bona fide and spoof"):
-        fit_llr_calibration([1.0, 2.0], [1, 1])
