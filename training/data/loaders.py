@@ -15,6 +15,7 @@ written into the split's `dataset.info.description` ("... N protocol rows skippe
 
 import logging
 import multiprocessing
+import numbers
 import os
 import zlib
 from collections.abc import Iterable
@@ -153,8 +154,9 @@ def load_csv_dataset(
     """Load any corpus described by a CSV with columns `path,label` and optionally `utt_id`, `split`, `attack`,
     `speaker`, `gender`, `codec`, `codec_q`, `attack_tag`, `codec_seed` (see `training.data.protocols.read_label_csv`).
 
-    Relative paths are resolved against `audio_root` (default: the CSV's folder). A `split` column splits the rows
-    into several datasets; without it every row goes to `split`.
+    Relative paths are resolved against `audio_root` (default: the CSV's folder) and may not climb out of it with
+    `..`; absolute paths are taken as given. A `split` column splits the rows into several datasets; without it
+    every row goes to `split`. A file listed twice, in any split, is an error.
     """
     csv_path = Path(csv_path)
     if not csv_path.is_file():
@@ -165,9 +167,10 @@ def load_csv_dataset(
     for row in rows:
         by_split.setdefault(row.pop("split") or split, []).append(row)
     check_unique_ids(rows, csv_path)  # across splits too: one file must not be both train and eval
+    _resolve_paths(rows, csv_path, os.path.abspath(audio_root), absolute_ok=True)
     return DatasetDict(
         {
-            name: _build_split(part, name, csv_path, audio_root, csv_path.name, skip_missing)
+            name: _build_split(part, name, csv_path, audio_root, csv_path.name, skip_missing, absolute_ok=True)
             for name, part in by_split.items()
         }
     )
@@ -188,33 +191,77 @@ def _find_file(name: str, folders: list[Path]) -> Path:
     raise FileNotFoundError(f"{name} not found in {' or '.join(str(f) for f in folders)}")
 
 
+def _resolve_paths(rows: list[dict], protocol: Path, audio_root: str, absolute_ok: bool) -> None:
+    """Turn each row's audio path into an absolute, normalised path, in place, refusing two kinds of rows.
+
+    - A path that leaves `audio_root` (`../flac_D/D_...`, `/etc/passwd`): a protocol names files *of its split*, and
+      following such a row would silently read another split's audio (dev into train). The check is on the path
+      as written, after `..` is collapsed; symlinks inside the folder are followed as the release may use them.
+      Only a CSV (`absolute_ok`) may name absolute paths anywhere: there the user describes the corpus explicitly.
+    - A file listed twice (under any spelling or utterance id): it would count twice in every metric, and with
+      opposite labels it is a contradiction.
+    """
+    root_prefix = audio_root.rstrip(os.sep) + os.sep
+    first: dict[str, dict] = {}
+    for row in rows:
+        written = row["audio"]
+        path = os.path.normpath(os.path.join(audio_root, written))  # an absolute `written` wins the join
+        if not (absolute_ok and os.path.isabs(written)) and not path.startswith(root_prefix):
+            raise ProtocolError(
+                protocol,
+                row["line"],
+                f"audio {written!r} resolves to {path}, outside the split's audio folder {audio_root}; a protocol "
+                "may only name files inside its own split's folder",
+            )
+        earlier = first.setdefault(path, row)
+        if earlier is not row:
+            clash = " with the opposite label" if earlier["label"] != row["label"] else ""
+            raise ProtocolError(
+                protocol,
+                row["line"],
+                f"{path} is listed again (first on line {earlier['line']} as {earlier['utt_id']!r}){clash}; each "
+                "file may appear once",
+            )
+        row["audio"] = path
+
+
 def _build_split(
-    rows: list[dict], split: str, protocol: Path, audio_root: Path, corpus: str, skip_missing: bool
+    rows: list[dict],
+    split: str,
+    protocol: Path,
+    audio_root: Path,
+    corpus: str,
+    skip_missing: bool,
+    absolute_ok: bool = False,
 ) -> Dataset:
-    """Check ids and files, then build the Arrow table.
+    """Check ids, paths and files, then build the Arrow table.
 
     Listing each folder once is much faster than one stat per row, and handing `from_dict` typed Arrow arrays skips
     its per-value Python encoding: together they make the 680k-row ASVspoof 5 eval protocol load in seconds.
     """
     check_unique_ids(rows, protocol)
-    audio_root = os.path.abspath(audio_root)
+    _resolve_paths(rows, protocol, os.path.abspath(audio_root), absolute_ok)
     listings: dict[str, set[str] | None] = {}
     present, missing = [], []
     for row in rows:
-        path = os.path.normpath(os.path.join(audio_root, row["audio"]))  # an absolute row["audio"] wins
-        folder, name = os.path.split(path)
+        folder, name = os.path.split(row["audio"])
         if folder not in listings:
             listings[folder] = set(os.listdir(folder)) if os.path.isdir(folder) else None
         if listings[folder] is not None and name in listings[folder]:
-            row["audio"] = path
             present.append(row)
         else:
-            missing.append(path)
+            missing.append(row["audio"])
     description = f"{corpus} {split} split from {protocol}: {len(present)} examples."
     if missing and not skip_missing:
         raise MissingAudioError(protocol, missing, len(rows))
     if missing:
         first = ", ".join(Path(p).stem for p in missing[:_SHOW])
+        if not present:
+            raise ProtocolError(
+                protocol,
+                None,
+                f"every one of the {len(rows)} protocol rows lacks its audio (first: {first}); nothing to load",
+            )
         description += f" {len(missing)} protocol rows skipped because their audio is missing (first: {first})."
         logger.warning(
             "%s: %s protocol rows skipped because their audio is missing (first: %s)", protocol, len(missing), first
@@ -226,6 +273,14 @@ def _build_split(
 
 # ---------------------------------------------------------------------------------------------------------------------
 # decoding + batching
+
+
+def _class_label(row: dict) -> int:
+    """The row's label as a class index; `int()` would turn 0.5 into 0 and 1.7 into 1 without a word."""
+    label = row["label"]
+    if isinstance(label, numbers.Integral) and not isinstance(label, bool) and label in (0, 1):
+        return int(label)
+    raise ValueError(f"utterance {row.get('utt_id')!r}: label {label!r} must be 0 (spoof) or 1 (bonafide)")
 
 
 class AudioCollator:
@@ -307,9 +362,10 @@ class AudioCollator:
                 self._skipped[0 if info is None else 1 + info.id % _MAX_WORKERS] += 1
                 logger.warning("skipping utterance %s: %s", row.get("utt_id"), error)
                 continue
+            label = _class_label(row)
             for clip, num_signal in self.clips(wave, row.get("utt_id")):
                 clips.append((normalize(clip, num_signal) if self.policy.normalize else clip, num_signal))
-                labels.append(int(row["label"]))
+                labels.append(label)
                 utt_ids.append(row["utt_id"])
         length = max((len(clip) for clip, _ in clips), default=0)
         input_values = torch.zeros(len(clips), length, dtype=torch.float32)  # (B, T)
