@@ -20,8 +20,9 @@ import numpy as np
 from scipy.fft import dct
 from scipy.optimize import minimize
 from scipy.signal import stft
+from transformers.audio_utils import mel_filter_bank
 
-from training.corpus.attacks import ATTACK_BY_LABEL, mel_filterbank
+from training.corpus.attacks import ATTACK_BY_LABEL
 from training.data.audio import load_audio
 from training.data.loaders import load_asvspoof5
 from training.metrics.asvspoof_metrics import compute_metrics
@@ -29,12 +30,14 @@ from training.metrics.asvspoof_metrics import compute_metrics
 
 FEATURE_SETS = ("mfcc", "logmel", "nuisance")
 RATE, N_FFT, HOP, N_MELS, N_MFCC = 16000, 512, 160, 40, 20
+# HTK mel, triangles over the FFT bins, unnormalised: (N_MELS, N_FFT // 2 + 1)
+MEL_BANK = mel_filter_bank(N_FFT // 2 + 1, N_MELS, 0.0, RATE / 2, RATE, norm=None, mel_scale="htk").T
 
 
 def log_mel(wave: np.ndarray) -> np.ndarray:
     """(frames, 40) log mel energies from 32 ms Hann frames every 10 ms."""
     power = np.abs(stft(wave, fs=RATE, nperseg=N_FFT, noverlap=N_FFT - HOP, boundary=None)[2]) ** 2
-    return np.log(mel_filterbank(RATE, N_FFT, N_MELS) @ power + 1e-10).T
+    return np.log(MEL_BANK @ power + 1e-10).T
 
 
 def mfcc_features(wave: np.ndarray) -> np.ndarray:
