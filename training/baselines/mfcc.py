@@ -24,7 +24,7 @@ from transformers.audio_utils import mel_filter_bank
 
 from training.corpus.attacks import ATTACK_BY_LABEL
 from training.data.audio import load_audio
-from training.data.loaders import load_asvspoof5
+from training.data.loaders import audio_paths, load_asvspoof5
 from training.metrics.asvspoof_metrics import compute_metrics
 
 
@@ -110,7 +110,7 @@ def run_baseline(corpus: str | Path, feature_sets: list[str], l2: float = 1.0) -
     if unknown or not feature_sets:
         raise ValueError(f"--features must be a comma list of {FEATURE_SETS}, got {feature_sets}")
     data = load_asvspoof5(corpus, splits=("train", "dev", "eval"))
-    matrices = {split: features(data[split]["audio"], feature_sets) for split in data}
+    matrices = {split: features(audio_paths(data[split]), feature_sets) for split in data}
     mean, std = matrices["train"].mean(axis=0), matrices["train"].std(axis=0) + 1e-8
     labels = {split: np.asarray(data[split]["label"]) for split in data}
     weights, bias = fit_logistic((matrices["train"] - mean) / std, labels["train"], l2)

@@ -1,9 +1,11 @@
 """Spoofing corpora → `datasets.DatasetDict`, and the collator that turns rows into model batches.
 
 Loaders read each corpus exactly as it is shipped (protocol files + audio folders) and return one `Dataset` per
-split with the columns of `FEATURES`: `audio` holds the absolute file path as a plain string. We do not use
-`datasets.Audio` because in datasets 5.x it needs torchcodec + FFmpeg even to store a path; decoding happens in
-`AudioCollator` with soundfile instead, inside the DataLoader workers.
+split with the columns of `FEATURES`: `audio` is a `datasets.Audio(decode=False)` column, so a row's audio is
+`{"path": absolute path, "bytes": None}` and the Hub's tooling sees an audio column. It stays undecoded on purpose:
+in datasets 5.x decoding needs torchcodec + FFmpeg; `AudioCollator` decodes with soundfile inside the DataLoader
+workers, then pads and normalises with the model's feature extractor. `audio_paths(dataset)` lists the paths from
+Arrow without touching the rows.
 
     ds = load_asvspoof5("/data/ASVspoof5", splits=("train", "dev"))
     loader = DataLoader(ds["train"], batch_size=4, shuffle=True, collate_fn=AudioCollator(train=True))
@@ -25,9 +27,10 @@ from typing import Literal
 import numpy as np
 import pyarrow as pa
 import torch
-from datasets import ClassLabel, Dataset, DatasetDict, DatasetInfo, Features, Value
+from datasets import Audio, ClassLabel, Dataset, DatasetDict, DatasetInfo, Features, Value
+from transformers import Wav2Vec2FeatureExtractor
 
-from training.data.audio import AudioDecodeError, ClipPolicy, crop_or_pad, eval_windows, load_audio, normalize
+from training.data.audio import AudioDecodeError, ClipPolicy, crop_or_pad, eval_windows, load_audio
 from training.data.protocols import (
     ProtocolError,
     check_unique_ids,
@@ -47,6 +50,7 @@ __all__ = [
     "ClipPolicy",
     "MissingAudioError",
     "ProtocolError",
+    "audio_paths",
     "load_asvspoof5",
     "load_asvspoof2019_la",
     "load_csv_dataset",
@@ -59,7 +63,7 @@ LABEL_NAMES = ["spoof", "bonafide"]  # index = label id, as in the model's id2la
 FEATURES = Features(
     {
         "utt_id": Value("string"),
-        "audio": Value("string"),  # absolute path; decoded by AudioCollator
+        "audio": Audio(decode=False),  # {"path": absolute path, "bytes": None}; decoded by AudioCollator
         "label": ClassLabel(names=LABEL_NAMES),
         "split": Value("string"),
         "speaker": Value("string"),
@@ -266,9 +270,35 @@ def _build_split(
         logger.warning(
             "%s: %s protocol rows skipped because their audio is missing (first: %s)", protocol, len(missing), first
         )
-    columns = {key: [split] * len(present) if key == "split" else [row[key] for row in present] for key in FEATURES}
-    arrays = {key: pa.array(values, type=FEATURES[key].pa_type) for key, values in columns.items()}
+    arrays = {
+        key: pa.array([row[key] for row in present], type=FEATURES[key].pa_type)
+        for key in FEATURES
+        if key not in ("audio", "split")
+    }
+    paths = pa.array([row["audio"] for row in present], type=pa.string())
+    arrays["audio"] = pa.StructArray.from_arrays([pa.nulls(len(present), pa.binary()), paths], names=["bytes", "path"])
+    arrays["split"] = pa.array([split] * len(present), type=pa.string())
+    arrays = {key: arrays[key] for key in FEATURES}
     return Dataset.from_dict(arrays, features=FEATURES, info=DatasetInfo(description=description, features=FEATURES))
+
+
+def audio_paths(dataset: Dataset) -> list[str]:
+    """The audio file path of every row, read from the Arrow column (no per-row decoding or dict building)."""
+    column = dataset.with_format("arrow")["audio"]
+    return pa.concat_arrays([chunk.field("path") for chunk in pa.chunked_array(column).chunks]).to_pylist()
+
+
+def _audio_source(row: dict) -> str:
+    """The file behind a row's audio: an `Audio(decode=False)` value `{"path", "bytes"}` or a plain path string."""
+    audio = row["audio"]
+    if isinstance(audio, dict):
+        if audio.get("bytes") is not None or not audio.get("path"):
+            raise ValueError(
+                f"utterance {row.get('utt_id')!r}: the collator reads audio files by path; this row holds in-memory "
+                "bytes without a path (store the file on disk, or decode it before batching)"
+            )
+        return audio["path"]
+    return str(audio)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -284,7 +314,12 @@ def _class_label(row: dict) -> int:
 
 
 class AudioCollator:
-    """DataLoader `collate_fn`: decode each row's file, resample, crop/pad per `ClipPolicy`, normalise, zero-pad.
+    """DataLoader `collate_fn`: decode each row's file, resample, crop/pad per `ClipPolicy`, then let the model's
+    feature extractor (`Wav2Vec2FeatureExtractor`, e.g. `model.feature_extractor()`) normalise and zero-pad.
+
+    The extractor normalises each clip over its signal samples only (its attention mask), exactly as the pipeline
+    does at inference; without one, the collator builds `Wav2Vec2FeatureExtractor(do_normalize=policy.normalize)`.
+    Training, "center" and "windows" clips are padded to `policy.num_samples`, "full" eval clips to the longest.
 
     Returns `input_values` (float32, B×T), `attention_mask` (int64, 1 = signal sample, 0 = zero padding), `labels`
     (int64, 1 = bonafide) and `utt_ids` (list of str, pop it before `model(**batch)`). With
@@ -304,12 +339,24 @@ class AudioCollator:
         seed: int | None = 0,
         on_error: Literal["raise", "skip"] = "raise",
         crop_per_utterance: bool = False,
+        feature_extractor: Wav2Vec2FeatureExtractor | None = None,
     ):
         if on_error not in ("raise", "skip"):
             raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
         if crop_per_utterance and seed is None:
             raise ValueError("crop_per_utterance needs an integer seed")
         self.policy, self.train, self.seed, self.on_error = policy or ClipPolicy(), train, seed, on_error
+        if feature_extractor is None:
+            feature_extractor = Wav2Vec2FeatureExtractor(
+                sampling_rate=self.policy.sampling_rate, do_normalize=self.policy.normalize, return_attention_mask=True
+            )
+        if feature_extractor.sampling_rate != self.policy.sampling_rate or feature_extractor.feature_size != 1:
+            raise ValueError(
+                f"feature_extractor expects {feature_extractor.feature_size} channel(s) at "
+                f"{feature_extractor.sampling_rate} Hz, but ClipPolicy.sampling_rate is {self.policy.sampling_rate} "
+                "(mono): make them agree"
+            )
+        self.feature_extractor = feature_extractor
         # With crop_per_utterance the random crop of a clip depends only on (seed, epoch, utt_id): a run resumed
         # mid-epoch (which skips batches without collating them) sees exactly the crops of an uninterrupted run.
         self.crop_per_utterance, self.epoch = crop_per_utterance, 0
@@ -351,10 +398,10 @@ class AudioCollator:
         return eval_windows(wave, p.num_samples, p.window_hop or p.num_samples, p.pad)
 
     def __call__(self, rows: list[dict]) -> dict:
-        clips, labels, utt_ids = [], [], []
+        signals, labels, utt_ids = [], [], []
         for row in rows:
             try:
-                wave = load_audio(row["audio"], self.policy.sampling_rate)
+                wave = load_audio(_audio_source(row), self.policy.sampling_rate)
             except AudioDecodeError as error:
                 if self.on_error == "raise":
                     raise
@@ -364,15 +411,23 @@ class AudioCollator:
                 continue
             label = _class_label(row)
             for clip, num_signal in self.clips(wave, row.get("utt_id")):
-                clips.append((normalize(clip, num_signal) if self.policy.normalize else clip, num_signal))
+                signals.append(clip[:num_signal])  # zero padding is the extractor's job (and its mask's)
                 labels.append(label)
                 utt_ids.append(row["utt_id"])
-        length = max((len(clip) for clip, _ in clips), default=0)
-        input_values = torch.zeros(len(clips), length, dtype=torch.float32)  # (B, T)
-        attention_mask = torch.zeros(len(clips), length, dtype=torch.long)  # (B, T)
-        for i, (clip, num_signal) in enumerate(clips):
-            input_values[i, : len(clip)] = torch.from_numpy(clip)
-            attention_mask[i, :num_signal] = 1
+        if not signals:
+            input_values, attention_mask = torch.zeros(0, 0), torch.zeros(0, 0, dtype=torch.long)
+        else:
+            fixed = self.train or self.policy.eval_mode != "full"
+            features = self.feature_extractor(
+                signals,
+                sampling_rate=self.policy.sampling_rate,
+                padding="max_length" if fixed else "longest",
+                max_length=self.policy.num_samples if fixed else None,
+                return_attention_mask=True,
+                return_tensors="pt",
+            )
+            input_values = features["input_values"].to(torch.float32)  # (B, T)
+            attention_mask = features["attention_mask"].to(torch.long)  # (B, T), 1 = signal
         return {
             "input_values": input_values,
             "attention_mask": attention_mask,
