@@ -424,3 +424,24 @@ def test_models_own_push_honours_parent_commit(hub, tmp_path):
         model.push_to_hub("me/raced", parent_commit=seen)
     assert hub.head("me/raced")["files"] == {"README.md": b"someone else's v2\n"}
     assert model.push_to_hub("me/raced", parent_commit=hub.head("me/raced")["sha"]).oid == hub.head("me/raced")["sha"]
+
+
+def test_local_paths_in_results_are_stripped_not_published(tmp_path):
+    save_model(tmp_path / "run" / "model", num_experts=2)
+    results_path = write_results(tmp_path / "run", with_figure=False)
+    results = json.loads(open(results_path).read())
+    results["config"]["backbone"] = "/home/me/models/wav2vec2-xls-r-300m"
+    results["config"]["init_from"] = str(tmp_path / "base_model")
+    (tmp_path / "run" / "results.json").write_text(json.dumps(results))
+    argv = [str(tmp_path / "run" / "model"), "--repo-id", "me/m", "--results", results_path]
+    assert push_to_hub.main([*argv, "--dry-run", str(tmp_path / "staged")]) == 0
+    staged = local_files(tmp_path / "staged")
+    assert _leaks(staged, [*_local_roots(tmp_path), "/home/me/"]) == []
+    published = json.loads(staged["results.json"])
+    assert (
+        published["config"]["backbone"] == "wav2vec2-xls-r-300m" and published["config"]["init_from"] == "base_model"
+    )
+    assert (
+        "| backbone | " in staged["README.md"].decode()
+        and "Trained on MoLEx mini corpus" in staged["README.md"].decode()
+    )

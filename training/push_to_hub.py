@@ -27,7 +27,13 @@ import httpx2
 from huggingface_hub import CommitInfo, HfApi, constants, get_token, hf_hub_download
 from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError
 
-from modeling_molex.hub_upload import PushError, check_no_local_paths, scrub_folder, upload_folder_in_one_commit
+from modeling_molex.hub_upload import (
+    PushError,
+    check_no_local_paths,
+    scrub_folder,
+    scrub_local_paths,
+    upload_folder_in_one_commit,
+)
 from training.hub.model_card import (
     PRIVATE_CONFIG_KEYS,
     CardError,
@@ -130,6 +136,8 @@ def stage(
     config = _check_model(model_dir) if is_model else {}
     index = _check_pack(pack_dir)
     results = load_results(results_path) if results_path else None
+    # What the repo shows of the run: known private keys dropped, any other local path cut to its last component.
+    results = scrub_local_paths(public_results(results)) if results is not None else None
     pack_root = staging if experts_only else staging / "experts"
     if not experts_only:
         for item in sorted(model_dir.iterdir()):
@@ -147,7 +155,7 @@ def stage(
 
     figures = {}
     if results is not None:
-        (staging / "results.json").write_text(json.dumps(public_results(results), indent=2) + "\n", encoding="utf-8")
+        (staging / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
         for name, relative in sorted((results.get("figures") or {}).items()):
             if name in CARD_FIGURES:
                 source = _find_figure(Path(results_path), relative)
