@@ -104,19 +104,40 @@ def test_resume_after_a_hard_kill_continues_like_an_uninterrupted_run(corpus, tm
     assert final_metrics(resumed.stdout)["rank=0"] == final_metrics(uninterrupted.stdout)["rank=0"]
 
 
-def test_two_cpu_processes_agree_on_the_final_metrics(corpus, tmp_path):
-    launcher = [str(Path(sys.executable).with_name("accelerate")), "launch", "--multi_gpu", "--num_processes", "2"]
-    launcher += [
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "--main_process_port",
-        "0",
-    ]
-    completed = run_script(run_args(corpus, tmp_path, "--max_steps", "2"), launcher=launcher)
+# Deterministic training (no dropout anywhere, no batch-level load-balance loss), so that 2 processes x 2 clips
+# and 1 process x 4 clips take exactly the same optimizer steps: 12 training clips, 3 steps, one epoch.
+SAME_STEPS = ["--backbone_dropout", "0", "--head_dropout", "0", "--load_balance_coef", "0"]
+SAME_STEPS += ["--learning_rate", "0.01", "--max_steps", "3", "--eval_batch_size", "4"]
+ACCELERATE = [str(Path(sys.executable).with_name("accelerate")), "launch", "--multi_gpu", "--mixed_precision", "no"]
+ACCELERATE += ["--dynamo_backend", "no"]
+
+
+def assert_same_training(one: Path, other: Path) -> None:
+    """Two runs trained the same weights (which moved from their zero init) and report the same metrics."""
+    first, second = load_file(one / "model" / "model.safetensors"), load_file(other / "model" / "model.safetensors")
+    assert set(first) == set(second)
+    # Weights agree to ~1e-6; the attention-pooling logit bias (no true gradient: softmax ignores a shift) gets
+    # Adam steps on round-off noise, hence atol 1e-4, still 100x below one step at this learning rate.
+    for name, tensor in first.items():
+        torch.testing.assert_close(second[name], tensor, atol=1e-4, rtol=1e-3, msg=name)
+    moved = [n for n, t in first.items() if n.startswith("classifier") and n.endswith("bias") and t.abs().max() > 1e-3]
+    assert moved, "the zero-initialised classifier biases did not move: the comparison would be vacuous"
+    metrics = [json.loads((run / "results.json").read_text())["metrics"] for run in (one, other)]
+    for split, values in metrics[0].items():
+        for key in ("eer", "min_dcf", "act_dcf", "cllr"):
+            assert metrics[1][split][key] == pytest.approx(values[key], abs=1e-4), (split, key)
+
+
+@pytest.fixture(scope="module")
+def one_process_run(corpus, tmp_path_factory) -> Path:
+    output_dir = tmp_path_factory.mktemp("one_process")
+    train.main(run_args(corpus, output_dir, *SAME_STEPS, "--batch_size", "4"))
+    return output_dir
+
+
+def test_two_cpu_processes_train_like_one_process(corpus, tmp_path, one_process_run):
+    launcher = [*ACCELERATE, "--num_processes", "2", "--num_machines", "1", "--main_process_port", "0"]
+    completed = run_script(run_args(corpus, tmp_path, *SAME_STEPS, "--batch_size", "2"), launcher=launcher)
     assert completed.returncode == 0, completed.stderr[-4000:]
     metrics = final_metrics(completed.stdout)
     assert set(metrics) == {"rank=0", "rank=1"}
@@ -124,6 +145,7 @@ def test_two_cpu_processes_agree_on_the_final_metrics(corpus, tmp_path):
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["num_processes"] == 2
     assert saved["metrics"]["eval"]["num_bonafide"] + saved["metrics"]["eval"]["num_spoof"] == 12  # no duplicates
+    assert_same_training(one_process_run, tmp_path)
 
 
 def test_domain_adaptation_trains_only_the_new_experts(corpus, tmp_path):

@@ -7,7 +7,7 @@ import torch
 from accelerate import Accelerator
 from datasets import Dataset, DatasetDict
 from torch.utils.data import DataLoader
-from transformers import get_scheduler
+from transformers import AutoConfig, get_scheduler
 
 from modeling_molex import MoLExAdapterConfig, MoLExForAudioClassification
 from training.data.audio import ClipPolicy
@@ -88,6 +88,7 @@ def build_model(config: TrainConfig, accelerator: Accelerator) -> MoLExForAudioC
             head_hidden_size=config.head_hidden_size,
             head_dropout=config.head_dropout,
             class_weights=config.class_weights,
+            backbone_kwargs=backbone_dropout_overrides(backbone, config.backbone_dropout),
         )
     shortest = min_input_samples(model.config.backbone_config)
     if config.crop_samples < shortest:
@@ -99,6 +100,17 @@ def build_model(config: TrainConfig, accelerator: Accelerator) -> MoLExForAudioC
     if config.gradient_checkpointing:
         model.activation_checkpointing_enable(every_n_layers=config.checkpoint_every_n_blocks)
     return model
+
+
+BACKBONE_DROPOUT_FIELDS = ("hidden_dropout", "attention_dropout", "activation_dropout", "feat_proj_dropout")
+
+
+def backbone_dropout_overrides(backbone: str, dropout: float | None) -> dict[str, float] | None:
+    """`backbone_kwargs` that set every dropout field the backbone's config has to `dropout` (None: no change)."""
+    if dropout is None:
+        return None
+    fields = AutoConfig.from_pretrained(backbone).to_dict()
+    return {name: dropout for name in BACKBONE_DROPOUT_FIELDS if name in fields}
 
 
 def min_input_samples(backbone_config) -> int:
