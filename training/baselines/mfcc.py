@@ -19,22 +19,25 @@ from pathlib import Path
 import numpy as np
 from scipy.fft import dct
 from scipy.signal import stft
+from transformers.audio_utils import mel_filter_bank
 
-from training.corpus.attacks import ATTACK_BY_LABEL, mel_filterbank
+from training.corpus.attacks import ATTACK_BY_LABEL
 from training.data.audio import load_audio
-from training.data.loaders import load_asvspoof5
+from training.data.loaders import audio_paths, load_asvspoof5
 from training.metrics.asvspoof_metrics import compute_metrics
 from training.metrics.calibration import fit_logistic_regression
 
 
 FEATURE_SETS = ("mfcc", "logmel", "nuisance")
 RATE, N_FFT, HOP, N_MELS, N_MFCC = 16000, 512, 160, 40, 20
+# HTK mel, triangles over the FFT bins, unnormalised: (N_MELS, N_FFT // 2 + 1)
+MEL_BANK = mel_filter_bank(N_FFT // 2 + 1, N_MELS, 0.0, RATE / 2, RATE, norm=None, mel_scale="htk").T
 
 
 def log_mel(wave: np.ndarray) -> np.ndarray:
     """(frames, 40) log mel energies from 32 ms Hann frames every 10 ms."""
     power = np.abs(stft(wave, fs=RATE, nperseg=N_FFT, noverlap=N_FFT - HOP, boundary=None)[2]) ** 2
-    return np.log(mel_filterbank(RATE, N_FFT, N_MELS) @ power + 1e-10).T
+    return np.log(MEL_BANK @ power + 1e-10).T
 
 
 def mfcc_features(wave: np.ndarray) -> np.ndarray:
@@ -91,7 +94,7 @@ def run_baseline(corpus: str | Path, feature_sets: list[str], l2: float = 1.0) -
     if unknown or not feature_sets:
         raise ValueError(f"--features must be a comma list of {FEATURE_SETS}, got {feature_sets}")
     data = load_asvspoof5(corpus, splits=("train", "dev", "eval"))
-    matrices = {split: features(data[split]["audio"], feature_sets) for split in data}
+    matrices = {split: features(audio_paths(data[split]), feature_sets) for split in data}
     mean, std = matrices["train"].mean(axis=0), matrices["train"].std(axis=0) + 1e-8
     labels = {split: np.asarray(data[split]["label"]) for split in data}
     weights, bias = fit_logistic_regression((matrices["train"] - mean) / std, labels["train"], l2)
