@@ -53,11 +53,11 @@ def test_fit_minimises_the_prior_weighted_cross_entropy():
 
 
 def test_separable_direction_is_right():
-    """Higher score = more bona fide: the fitted scale is positive when bona fide scores are higher, negative
-    when a system's convention is reversed."""
+    """Higher score = more bona fide: the fitted scale is positive when bona fide scores are higher; a reversed
+    convention gets no calibration (None) rather than a negative scale that would flip every verdict."""
     scores, labels = gaussian_scores(1.0, 0.0, 1.0, 500, 500, seed=3)
     assert fit_llr_calibration(scores, labels)["scale"] > 0
-    assert fit_llr_calibration(-scores, labels)["scale"] < 0
+    assert fit_llr_calibration(-scores, labels) is None
 
 
 def test_apply_calibration_is_affine_and_none_is_identity():
