@@ -4,6 +4,7 @@ domain adaptation. Runs are a few optimizer steps of a tiny random backbone."""
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -107,7 +108,7 @@ def test_resume_after_a_hard_kill_continues_like_an_uninterrupted_run(corpus, tm
 # Deterministic training (no dropout anywhere, no batch-level load-balance loss), so that 2 processes x 2 clips
 # and 1 process x 4 clips take exactly the same optimizer steps: 12 training clips, 3 steps, one epoch.
 SAME_STEPS = ["--backbone_dropout", "0", "--head_dropout", "0", "--load_balance_coef", "0"]
-SAME_STEPS += ["--learning_rate", "0.01", "--max_steps", "3", "--eval_batch_size", "4"]
+SAME_STEPS += ["--learning_rate", "0.01", "--max_steps", "3", "--eval_every_steps", "1", "--eval_batch_size", "4"]
 ACCELERATE = [str(Path(sys.executable).with_name("accelerate")), "launch", "--multi_gpu", "--mixed_precision", "no"]
 ACCELERATE += ["--dynamo_backend", "no"]
 
@@ -146,6 +147,50 @@ def test_two_cpu_processes_train_like_one_process(corpus, tmp_path, one_process_
     assert saved["num_processes"] == 2
     assert saved["metrics"]["eval"]["num_bonafide"] + saved["metrics"]["eval"]["num_spoof"] == 12  # no duplicates
     assert_same_training(one_process_run, tmp_path)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def launch_two_nodes(corpus: Path, nodes: list[Path], *extra: str, script: Path | None = None, script_args=()):
+    """Two `accelerate launch --num_machines 2` processes on localhost, one per simulated node, each with its
+    own output_dir (nothing shared on disk)."""
+    port, env = free_port(), {**os.environ, "HF_HUB_OFFLINE": "1", "GLOO_SOCKET_IFNAME": "lo"}
+    script = script or REPO / "training" / "train.py"
+    running = []
+    for rank, node in enumerate(nodes):
+        launcher = [*ACCELERATE, "--num_machines", "2", "--num_processes", "2", "--machine_rank", str(rank)]
+        launcher += ["--main_process_ip", "127.0.0.1", "--main_process_port", str(port)]
+        args = run_args(corpus, node, *SAME_STEPS, "--batch_size", "2", *extra)
+        command = [*launcher, str(script), *script_args, *args]
+        running.append(
+            subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        )
+    return [(process, *process.communicate(timeout=600)) for process in running]
+
+
+@pytest.mark.slow
+def test_two_nodes_without_a_shared_disk_resume_and_train_like_one_process(corpus, tmp_path, one_process_run):
+    """Node 1 never sees node 0's disk: it gets the backbone, the resumed state and the best weights by
+    broadcast, and writes nothing but its copy of the generated backbone."""
+    nodes = [tmp_path / "node0", tmp_path / "node1"]
+    killer = Path(__file__).with_name("kill_after_checkpoint.py")
+    killed = launch_two_nodes(corpus, nodes, script=killer, script_args=["2"])
+    assert all(process.returncode != 0 for process, _, _ in killed), [err[-2000:] for _, _, err in killed]
+    steps = [json.loads((p / "training_state.json").read_text())["global_step"] for p in list_checkpoints(nodes[0])]
+    assert steps == [1, 2] and not (nodes[1] / "checkpoints").exists()
+    resumed = launch_two_nodes(corpus, nodes, "--resume_from_checkpoint", "latest")
+    for process, _, stderr in resumed:
+        assert process.returncode == 0, stderr[-4000:]
+    metrics = final_metrics(resumed[0][1] + resumed[1][1])
+    assert set(metrics) == {"rank=0", "rank=1"} and metrics["rank=0"] == metrics["rank=1"]
+    assert sorted(p.name for p in nodes[1].iterdir()) == ["tiny_backbone"]
+    log = [json.loads(line) for line in (nodes[0] / "logs" / "train_log.jsonl").read_text().splitlines()]
+    assert [r["global_step"] for r in log if r["event"] == "resumed"] == [2]
+    assert_same_training(one_process_run, nodes[0])
 
 
 def test_domain_adaptation_trains_only_the_new_experts(corpus, tmp_path):
