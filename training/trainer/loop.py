@@ -26,7 +26,13 @@ from tqdm.auto import tqdm
 
 from training.data.loaders import AudioCollator
 from training.metrics.scoring import metrics_for, score_loader
-from training.trainer.checkpointing import load_checkpoint, resolve_resume_path, save_checkpoint, trainable_state
+from training.trainer.checkpointing import (
+    load_checkpoint,
+    next_iteration,
+    resolve_resume_path,
+    save_checkpoint,
+    trainable_state,
+)
 from training.trainer.config import TrainConfig, parse_train_config
 from training.trainer.distributed import broadcast_json
 from training.trainer.finish import finish
@@ -191,10 +197,12 @@ def restore_or_start(run: Run) -> TrainState:
     """A fresh `TrainState`, or the one of the checkpoint named by `resume_from_checkpoint` (read on the main
     process, which alone holds checkpoints, and broadcast to every rank)."""
     accelerator, config = run.accelerator, run.config
-    path = None
+    found = None
     if accelerator.is_main_process:
         path = resolve_resume_path(run.output_dir, config.resume_from_checkpoint)
-    path = broadcast_json(None if path is None else str(path), accelerator)
+        found = {"path": None if path is None else str(path), "iteration": next_iteration(run.output_dir)}
+    found = broadcast_json(found, accelerator)
+    accelerator.project_configuration.iteration, path = found["iteration"], found["path"]
     if path is None:
         return TrainState()
     state, run.best = load_checkpoint(accelerator, Path(path), run.model, run.optimizer, run.scheduler)
