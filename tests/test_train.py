@@ -73,6 +73,8 @@ def test_two_step_run_writes_a_loadable_model_and_results(corpus, tmp_path):
     assert (tmp_path / "model" / "experts" / "expert_0" / "adapter_model.safetensors").is_file()
     log = [json.loads(line) for line in (tmp_path / "logs" / "train_log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log if r["event"] == "train"] == [1, 2]
+    refused = [r for r in log if r["event"] == "calibration_not_stored"]
+    assert len(refused) == (saved["calibration"] is None)  # a refused calibration is said in the log
 
 
 def test_resume_after_a_hard_kill_continues_like_an_uninterrupted_run(corpus, tmp_path):
