@@ -33,6 +33,7 @@ from .router import (
     router_z_loss,
 )
 from .routing_state import carry_routing_state, routing_scope
+from .scoring import WaveformScoringMixin
 
 
 class MoLExPreTrainedModel(PreTrainedModel):
@@ -79,7 +80,7 @@ class MoLExPreTrainedModel(PreTrainedModel):
                 self._init_weights(module)
 
 
-class MoLExForAudioClassification(MoLExPreTrainedModel):
+class MoLExForAudioClassification(WaveformScoringMixin, MoLExPreTrainedModel):
     """Mixture of LoRA Experts in a frozen speech SSL encoder, for bona fide vs spoof classification."""
 
     def __init__(self, config: MoLExConfig):

@@ -6,8 +6,11 @@ half of the total weight, `scale * score + bias` is an LLR (natural log), indepe
 """
 
 import numpy as np
+import torch
 from numpy.typing import ArrayLike
 from scipy.optimize import minimize
+
+from modeling_molex.outputs import calibrate_scores
 
 
 def fit_llr_calibration(scores: ArrayLike, labels: ArrayLike) -> dict[str, float]:
@@ -43,7 +46,5 @@ def fit_llr_calibration(scores: ArrayLike, labels: ArrayLike) -> dict[str, float
 
 
 def apply_calibration(scores: ArrayLike, calibration: dict[str, float] | None) -> np.ndarray:
-    scores = np.asarray(scores, dtype=np.float64)
-    if calibration is None:
-        return scores
-    return calibration["scale"] * scores + calibration["bias"]
+    """The model's own calibration (`modeling_molex.outputs.calibrate_scores`) on a numpy array of raw scores."""
+    return calibrate_scores(torch.as_tensor(np.asarray(scores, dtype=np.float64)), calibration).numpy()
