@@ -20,10 +20,17 @@ from transformers import initialization as init
 from .adapter_config import MoLExAdapterConfig
 from .configuration_molex import MoLExConfig
 from .experts_io import load_expert_pack, save_expert_pack
+from .feature_extraction_molex import MoLExFeatureExtractor
 from .heads import AttentiveStatisticsPooling, ClassificationHead, MeanPooling, WeightedLayerSum
 from .hub_upload import push_model_in_one_commit
 from .injection import block_router_name, encoder_blocks, inject_experts
 from .layers import MoLExLinear
+from .model_inputs import (
+    check_clip_lengths,
+    minimum_input_samples,
+    standardize_attention_mask,
+    standardize_input_values,
+)
 from .outputs import MoLExAudioClassifierOutput, detection_scores, routing_summary
 from .router import (
     RouterOutput,
@@ -148,11 +155,13 @@ class MoLExForAudioClassification(WaveformScoringMixin, MoLExPreTrainedModel):
         # Loading materialises fresh parameters (requires_grad=True everywhere): freeze again after it.
         wants_info = kwargs.pop("output_loading_info", False)
         model, info = super().from_pretrained(*args, output_loading_info=True, **kwargs)
-        missing = [key for key in info.get("missing_keys", []) if _is_molex_parameter(key)]
+        # Every weight comes from the checkpoint: a missing one (expert, router, head or backbone) would otherwise be
+        # silently random-initialised and give a wrong score with no error.
+        missing = sorted(info.get("missing_keys", []))
         if missing:
             raise ValueError(
                 f"{args[0] if args else kwargs.get('pretrained_model_name_or_path')}: the checkpoint lacks "
-                f"{len(missing)} expert/router weights that config.json declares, e.g. {sorted(missing)[:5]}"
+                f"{len(missing)} weight(s) that config.json declares: {missing[:8]}"
             )
         model.apply_trainability()
         return (model, info) if wants_info else model
@@ -271,8 +280,16 @@ class MoLExForAudioClassification(WaveformScoringMixin, MoLExPreTrainedModel):
         output_hidden_states: bool | None = None,
         **kwargs,
     ) -> MoLExAudioClassifierOutput:
-        """input_values: (B, samples) float audio at `config.sampling_rate`; attention_mask: (B, samples), 1 = real
-        sample; labels: (B,) with 1 = bonafide, 0 = spoof."""
+        """input_values: (B, samples), (B, 1, samples) or (samples,) float audio at `config.sampling_rate` (any float
+        dtype; cast to the model's); attention_mask: same shape, 1 = real sample, 0 = right padding; labels: (B,) with
+        1 = bonafide, 0 = spoof. Clips shorter than one feature-encoder frame, non-finite samples and masks that are
+        not 0/1 right-padding are refused (see model_inputs.py)."""
+        original_shape = tuple(input_values.shape) if isinstance(input_values, torch.Tensor) else ()
+        input_values = standardize_input_values(input_values, self.dtype)
+        attention_mask = standardize_attention_mask(attention_mask, input_values, original_shape)
+        check_clip_lengths(
+            input_values, attention_mask, minimum_input_samples(self.config.backbone_config), self.config.sampling_rate
+        )
         frame_mask = self._frame_mask(input_values, attention_mask)
         with routing_scope(frame_mask) as routing:
             outputs = self.backbone(input_values, attention_mask=attention_mask, output_hidden_states=True)
@@ -359,9 +376,10 @@ class MoLExForAudioClassification(WaveformScoringMixin, MoLExPreTrainedModel):
         self.apply_trainability()
         return new_packs
 
-    def feature_extractor(self) -> Wav2Vec2FeatureExtractor:
-        """The feature extractor that turns raw audio into this model's `input_values` (used by the pipeline)."""
-        return Wav2Vec2FeatureExtractor(
+    def feature_extractor(self) -> MoLExFeatureExtractor:
+        """The feature extractor that turns raw audio into this model's `input_values` (float64 normalisation,
+        non-finite audio refused); saved as `preprocessor_config.json`."""
+        return MoLExFeatureExtractor(
             feature_size=1,
             sampling_rate=self.config.sampling_rate,
             padding_value=0.0,

@@ -1,0 +1,90 @@
+"""Score calibration (raw score -> LLR) on inputs whose answer is known in closed form.
+
+For Gaussian class scores with equal variance, bona fide ~ N(m1, s^2) and spoof ~ N(m0, s^2), the true LLR of a score
+x is ((m1 - m0) / s^2) * x - (m1^2 - m0^2) / (2 s^2); the prior-weighted logistic fit must recover it whatever the
+class balance, and `apply_calibration` must apply exactly `scale * score + bias`.
+"""
+
+import numpy as np
+import pytest
+
+from training.metrics.calibration import apply_calibration, fit_llr_calibration
+
+
+def gaussian_scores(m1: float, m0: float, sigma: float, n1: int, n0: int, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    scores = np.concatenate([rng.normal(m1, sigma, n1), rng.normal(m0, sigma, n0)])
+    labels = np.concatenate([np.ones(n1, dtype=int), np.zeros(n0, dtype=int)])
+    return scores, labels
+
+
+@pytest.mark.parametrize(("n1", "n0"), [(3000, 3000), (1000, 9000), (9000, 1000)])
+def test_fit_recovers_the_true_llr_whatever_the_class_balance(n1, n0):
+    m1, m0, sigma = 4.0, 1.0, 1.5  # LLR(x) = (3 / 2.25) x - (16 - 1) / 4.5
+    scores, labels = gaussian_scores(m1, m0, sigma, n1, n0)
+    calibration = fit_llr_calibration(scores, labels)
+    assert calibration["scale"] == pytest.approx((m1 - m0) / sigma**2, rel=0.06)
+    assert calibration["bias"] == pytest.approx(-(m1**2 - m0**2) / (2 * sigma**2), rel=0.06)
+
+
+def test_fit_is_invariant_to_an_affine_distortion_of_the_scores():
+    """Scores a * x + b calibrate to the same LLRs as x: the fit undoes its own standardisation exactly."""
+    scores, labels = gaussian_scores(1.0, -1.0, 1.0, 2000, 2000, seed=1)
+    plain = fit_llr_calibration(scores, labels)
+    distorted = fit_llr_calibration(scores * 7.0 - 30.0, labels)
+    probe = np.array([-2.0, 0.0, 1.5])
+    np.testing.assert_allclose(
+        apply_calibration(probe * 7.0 - 30.0, distorted), apply_calibration(probe, plain), rtol=1e-3, atol=1e-3
+    )
+
+
+def test_fit_minimises_the_prior_weighted_cross_entropy():
+    """No nearby (scale, bias) does better on the objective the docstring names."""
+    scores, labels = gaussian_scores(2.0, 0.0, 1.0, 300, 700, seed=2)
+
+    def objective(scale: float, bias: float) -> float:
+        z = scale * scores + bias
+        return 0.5 * np.logaddexp(0, -z[labels == 1]).mean() + 0.5 * np.logaddexp(0, z[labels == 0]).mean()
+
+    fit = fit_llr_calibration(scores, labels)
+    best = objective(fit["scale"], fit["bias"])
+    for d_scale, d_bias in [(0.02, 0), (-0.02, 0), (0, 0.02), (0, -0.02)]:
+        assert best < objective(fit["scale"] + d_scale, fit["bias"] + d_bias)
+
+
+def test_separable_direction_is_right():
+    """Higher score = more bona fide: the fitted scale is positive when bona fide scores are higher, negative
+    when a system's convention is reversed."""
+    scores, labels = gaussian_scores(1.0, 0.0, 1.0, 500, 500, seed=3)
+    assert fit_llr_calibration(scores, labels)["scale"] > 0
+    assert fit_llr_calibration(-scores, labels)["scale"] < 0
+
+
+def test_apply_calibration_is_affine_and_none_is_identity():
+    scores = [0.0, 1.0, -2.0]
+    np.testing.assert_array_equal(apply_calibration(scores, None), np.array(scores))
+    np.testing.assert_allclose(apply_calibration(scores, {"scale": 2.0, "bias": -1.0}), [-1.0, 1.0, -5.0])
+    assert apply_calibration(scores, None).dtype == np.float64
+
+
+@pytest.mark.parametrize(
+    ("scores", "labels", "message"),
+    [
+        ([0.0, 1.0], [1], "1-D of equal length"),
+        ([[0.0, 1.0]], [[1, 0]], "1-D of equal length"),
+        ([0.0, 1.0], [1, 1], "both bona fide and spoof"),
+        ([0.0, 1.0], [0, 0], "both bona fide and spoof"),
+        ([0.0, np.inf], [0, 1], "finite"),
+        ([np.nan, 1.0], [0, 1], "finite"),
+    ],
+)
+def test_bad_inputs_are_refused_with_the_reason(scores, labels, message):
+    with pytest.raises(ValueError, match=message):
+        fit_llr_calibration(scores, labels)
+
+
+def test_constant_scores_do_not_divide_by_zero():
+    """All scores equal (a dead system): the fit stays finite instead of dividing by a zero spread."""
+    calibration = fit_llr_calibration([0.5, 0.5, 0.5, 0.5], [1, 0, 1, 0])
+    assert np.isfinite(calibration["scale"]) and np.isfinite(calibration["bias"])
+    assert apply_calibration([0.5], calibration)[0] == pytest.approx(0.0, abs=1e-6)  # no evidence either way
