@@ -36,6 +36,11 @@ class TrainConfig:
     add_experts: int = _help("Domain adaptation: append this many new experts to `init_from` and train only them.", 0)
     new_pack_name: str | None = _help("Name of the expert pack added by `add_experts` (default pack_<i>).", None)
     train_head: bool = _help("With `add_experts`: also train the back-end (pooling + classifier).", False)
+    trainable: Literal["experts", "head", "full"] = _help(
+        "What trains: 'experts' (MoLEx: experts, routers, back-end); the comparison's baselines keep every expert at "
+        "its zero delta and train 'head' (the back-end on the frozen encoder) or 'full' (back-end + whole encoder).",
+        "experts",
+    )
     num_experts: int = _help("Experts per adapted linear.", 8)
     top_k: int = _help("Experts selected per routing decision.", 2)
     rank: int = _help("LoRA rank of every expert.", 8)
@@ -133,6 +138,10 @@ class TrainConfig:
             raise ValueError(f"`warmup_ratio` must be in [0, 1), got {self.warmup_ratio}")
         if self.learning_rate <= 0:
             raise ValueError(f"`learning_rate` must be > 0, got {self.learning_rate}")
+        if self.trainable != "experts" and self.init_from:
+            raise ValueError(
+                f"`trainable` {self.trainable!r} builds a baseline from `backbone`; it cannot use `init_from`"
+            )
         if self.add_experts and not self.init_from:
             raise ValueError("`add_experts` needs `init_from` (the trained model to adapt)")
         if self.data_root is None:

@@ -11,7 +11,8 @@ from datasets import Dataset, DatasetDict
 from torch.utils.data import DataLoader
 from transformers import AutoConfig, get_scheduler
 
-from modeling_molex import MoLExAdapterConfig, MoLExForAudioClassification
+from modeling_molex import MoLExAdapterConfig, MoLExForAudioClassification, TopKRouter
+from modeling_molex.layers import MoLExLinear
 from training.data.audio import ClipPolicy
 from training.data.loaders import AudioCollator, load_asvspoof5, load_asvspoof2019_la, load_csv_dataset
 from training.encoders.tiny_random import build_tiny_backbone
@@ -99,6 +100,8 @@ def build_model(config: TrainConfig, accelerator: Accelerator) -> MoLExForAudioC
             f"`crop_samples` ({config.crop_samples}) is shorter than one frame of the backbone, whose feature "
             f"encoder needs at least {shortest} samples"
         )
+    if config.trainable != "experts":
+        apply_baseline_scope(model, config.trainable)
     model.config.crop_samples = config.crop_samples  # recorded for scoring code that windows long clips
     if config.gradient_checkpointing:
         model.activation_checkpointing_enable(every_n_layers=config.checkpoint_every_n_blocks)
@@ -136,6 +139,33 @@ def min_input_samples(backbone_config) -> int:
     for kernel, stride in reversed(list(zip(backbone_config.conv_kernel, backbone_config.conv_stride, strict=True))):
         field = (field - 1) * stride + kernel
     return field
+
+
+def apply_baseline_scope(model: MoLExForAudioClassification, scope: str) -> None:
+    """The comparison's baselines on the same model and loop: every expert pack frozen at its zero delta, then
+    'head' trains the back-end only (frozen encoder) and 'full' also the whole encoder (full fine-tuning)."""
+    model.config.adapter.frozen_packs = list(model.config.adapter.expert_packs)
+    model.apply_trainability(train_head=True)
+    if scope != "full":
+        return
+    adapters = {
+        id(p) for m in model.backbone.modules() if isinstance(m, (MoLExLinear, TopKRouter)) for p in m.parameters()
+    }
+    for parameter in model.backbone.parameters():
+        if id(parameter) not in adapters:
+            parameter.requires_grad_(True)
+    for module in model.backbone.modules():
+        if hasattr(module, "_requires_grad"):  # the CNN feature encoder: backpropagate through it again
+            module._requires_grad = True
+    # Weights the classifier never reaches (SpecAugment's masked_spec_embed, a final norm the layer sum skips)
+    # would get no gradient: one probe step finds them, and they stay frozen.
+    with torch.random.fork_rng():
+        model.train()
+        model(torch.randn(1, 16_000), labels=torch.ones(1, dtype=torch.long)).loss.backward()
+    for parameter in model.backbone.parameters():
+        if parameter.requires_grad and parameter.grad is None:
+            parameter.requires_grad_(False)
+    model.zero_grad(set_to_none=True)
 
 
 def make_loaders(
