@@ -17,7 +17,7 @@ from training.analysis.analyze_experts import SIGNATURES_FILE, analyze
 
 def test_threshold_is_the_95th_percentile_of_reference_novelty(tmp_path):
     corpus = write_synthetic_asvspoof5(tmp_path / "corpus", per_class=5)
-    torch.manual_seed(3)
+    torch.manual_seed(0)  # a seed whose windowed novelty scores are spread out (see the asserts)
     adapter = MoLExAdapterConfig(num_experts=4, top_k=2, r=4, router_granularity="token")  # continuous usage
     model = MoLExForAudioClassification(MoLExConfig(backbone_config=tiny_backbone_config("wav2vec2"), adapter=adapter))
     randomize_experts(model, std=1.0)
