@@ -40,7 +40,7 @@ TESTS_BY_FILE = {
     ],
     "modeling_molex/layers.py": ["tests/test_mixture_math.py", "tests/test_expert_pack_roundtrip.py"],
     "training/metrics/asvspoof_metrics.py": ["tests/test_metrics.py"],
-    "training/metrics/calibration.py": ["tests/test_calibration.py"],
+    "training/metrics/calibration.py": ["tests/test_calibration.py", "tests/test_calibration_fit.py"],
     "modeling_molex/experts_io.py": ["tests/test_expert_pack_roundtrip.py", "tests/test_experts_io.py"],
     "modeling_molex/modeling_molex.py": [
         "tests/test_class_weights.py",
@@ -49,7 +49,8 @@ TESTS_BY_FILE = {
         "tests/test_modeling.py",
         "tests/test_experts_io.py",
     ],
-    "training/trainer/checkpointing.py": ["tests/test_train.py"],
+    "training/trainer/checkpointing.py": ["tests/test_checkpoints.py", "tests/test_train_loop.py"],
+    "training/trainer/loop.py": ["tests/test_train_loop.py"],
 }
 
 STATUS_BY_EMOJI = {
