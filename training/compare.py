@@ -39,6 +39,7 @@ ROWS = {
     "molex_e4k1": ("MoLEx E=4, k=1", {"num_experts": 4, "top_k": 1, "rank": 8}),
     "full_finetune": ("full fine-tuning (encoder + back-end)", {"trainable": "full"}),
 }  # fmt: skip
+# train_seconds: the whole run, training + scoring
 COLUMNS = ("dev_eer", "dev_min_dcf", "eval_known_eer", "eval_unseen_eer", "trainable_parameters", "train_seconds")
 
 
@@ -146,7 +147,7 @@ def _cell(summary: dict, column: str, scale: float = 100.0, digits: int = 1) -> 
 
 def table(rows: dict[str, dict]) -> str:
     lines = [
-        "| system | dev EER (%) | dev minDCF | eval EER known (%) | eval EER unseen (%) | trainable params | train time (s) |",
+        "| system | dev EER (%) | dev minDCF | eval EER known (%) | eval EER unseen (%) | trainable params | run time (s) |",
         "|---|---|---|---|---|---|---|",
     ]
     for key, entry in rows.items():
