@@ -42,6 +42,7 @@ def test_expert_delta_is_one_scaled_lora_product():
             a, b = layer.stacked_lora_a()[expert], layer.stacked_lora_b()[expert]  # (r, in), (r, out)
             torch.testing.assert_close(layer.expert_delta(x, expert), scaling * (x @ a.T) @ b)
         assert layer.expert_delta(x, 1).abs().max() > 1e-3
+        assert layer.expert_delta(x.to(torch.bfloat16), 2).dtype == torch.bfloat16  # float32 experts, bf16 input
 
 
 def test_a_new_pack_keeps_old_experts_and_starts_with_zero_delta_in_the_model_dtype():
@@ -55,7 +56,7 @@ def test_a_new_pack_keeps_old_experts_and_starts_with_zero_delta_in_the_model_dt
         old_a, old_b = before[path]
         a, b = layer.stacked_lora_a(), layer.stacked_lora_b()
         assert a.shape[0] == b.shape[0] == layer.num_experts == 6
-        assert a.dtype == b.dtype == torch.float64
+        assert all(parameter.dtype == torch.float64 for parameter in layer.parameters())
         assert torch.equal(a[:4], old_a) and torch.equal(b[:4], old_b), path
         assert torch.count_nonzero(b[4:]) == 0
         bound = layer.in_features**-0.5  # PEFT's LoRA A init: U(-1/sqrt(d_in), 1/sqrt(d_in))
@@ -64,10 +65,11 @@ def test_a_new_pack_keeps_old_experts_and_starts_with_zero_delta_in_the_model_dt
         assert "experts=6" in repr(layer) and "r=4" in repr(layer) and "scaling=1.5" in repr(layer)
 
 
-def test_float32_experts_on_a_bf16_backbone():
+@pytest.mark.parametrize("granularity", ["utterance", "token"])
+def test_float32_experts_on_a_bf16_backbone(granularity):
     """Trainable experts are often kept in float32 while the frozen backbone runs in bf16: the layer casts the
     experts and the float32 router gates to the activations' dtype."""
-    model = build().eval()
+    model = build(router_granularity=granularity).eval()
     audio = random_audio()
     reference = last_hidden(model, audio)
     model.to(torch.bfloat16)
@@ -101,5 +103,5 @@ def test_module_scope_routers_ignore_padding_frames(granularity):
 def test_an_expert_layer_called_outside_the_model_says_how_to_call_it():
     model = build()  # block routers: the layer has no routing decision of its own
     layer = model.expert_layers()["encoder.layers.0.attention.q_proj"]
-    with pytest.raises(RuntimeError, match="through MoLExForAudioClassification"):
+    with pytest.raises(RuntimeError, match="Call the backbone through MoLExForAudioClassification"):
         layer(torch.randn(1, 3, layer.in_features))
