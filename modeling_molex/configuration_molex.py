@@ -10,6 +10,13 @@ from .adapter_config import MoLExAdapterConfig
 SUPPORTED_BACKBONES = ("wav2vec2", "hubert", "wavlm", "data2vec-audio")
 POOLING_TYPES = ("attentive_stats", "mean")
 ID2LABEL = {0: "spoof", 1: "bonafide"}
+# `pipeline("audio-classification")` loads this class from the model repo: it scores through `score_waveform`.
+CUSTOM_PIPELINES = {
+    "audio-classification": {
+        "impl": "pipeline_molex.MoLExAudioClassificationPipeline",
+        "pt": ["AutoModelForAudioClassification"],
+    }
+}
 
 
 class MoLExConfig(PretrainedConfig):
@@ -92,6 +99,7 @@ class MoLExConfig(PretrainedConfig):
         kwargs["id2label"] = dict(ID2LABEL)
         kwargs["label2id"] = {label: index for index, label in ID2LABEL.items()}
         kwargs.pop("num_labels", None)
+        kwargs.setdefault("custom_pipelines", CUSTOM_PIPELINES)
         super().__init__(**kwargs)
         self._validate()
 

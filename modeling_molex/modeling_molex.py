@@ -20,19 +20,27 @@ from transformers import initialization as init
 from .adapter_config import MoLExAdapterConfig
 from .configuration_molex import MoLExConfig
 from .experts_io import load_expert_pack, save_expert_pack
+from .feature_extraction_molex import MoLExFeatureExtractor
 from .heads import AttentiveStatisticsPooling, ClassificationHead, MeanPooling, WeightedLayerSum
 from .hub_upload import push_model_in_one_commit
 from .injection import block_router_name, encoder_blocks, inject_experts
 from .layers import MoLExLinear
+from .model_inputs import (
+    check_clip_lengths,
+    minimum_input_samples,
+    standardize_attention_mask,
+    standardize_input_values,
+)
 from .outputs import MoLExAudioClassifierOutput, detection_scores, routing_summary
 from .router import (
     RouterOutput,
-    RoutingContext,
     TopKRouter,
     expert_orthogonality_loss,
     load_balancing_loss,
     router_z_loss,
 )
+from .routing_state import carry_routing_state, routing_scope
+from .scoring import WaveformScoringMixin
 
 
 class MoLExPreTrainedModel(PreTrainedModel):
@@ -62,6 +70,13 @@ class MoLExPreTrainedModel(PreTrainedModel):
             if module.bias is not None:
                 init.zeros_(module.bias)
 
+    def _set_gradient_checkpointing(self, enable: bool = True, gradient_checkpointing_func=None, **kwargs) -> None:
+        # Checkpointed blocks are recomputed in backward, after the forward's routing scope has closed: hand them the
+        # routing state of the forward they replay.
+        if gradient_checkpointing_func is not None:
+            kwargs["gradient_checkpointing_func"] = carry_routing_state(gradient_checkpointing_func)
+        super()._set_gradient_checkpointing(enable=enable, **kwargs)
+
     @torch.no_grad()
     def initialize_weights(self) -> None:
         # The backbone is a PreTrainedModel, so transformers dispatches its own `_init_weights` to everything under
@@ -72,14 +87,13 @@ class MoLExPreTrainedModel(PreTrainedModel):
                 self._init_weights(module)
 
 
-class MoLExForAudioClassification(MoLExPreTrainedModel):
+class MoLExForAudioClassification(WaveformScoringMixin, MoLExPreTrainedModel):
     """Mixture of LoRA Experts in a frozen speech SSL encoder, for bona fide vs spoof classification."""
 
     def __init__(self, config: MoLExConfig):
         super().__init__(config)
-        self.routing_context = RoutingContext()
         self.backbone = AutoModel.from_config(config.backbone_config)
-        inject_experts(self.backbone, config.adapter, self.routing_context)
+        inject_experts(self.backbone, config.adapter)
         hidden_size = config.backbone_config.hidden_size
         num_states = config.backbone_config.num_hidden_layers + 1
         self.layer_sum = WeightedLayerSum(num_states) if config.use_weighted_layer_sum else None
@@ -141,11 +155,13 @@ class MoLExForAudioClassification(MoLExPreTrainedModel):
         # Loading materialises fresh parameters (requires_grad=True everywhere): freeze again after it.
         wants_info = kwargs.pop("output_loading_info", False)
         model, info = super().from_pretrained(*args, output_loading_info=True, **kwargs)
-        missing = [key for key in info.get("missing_keys", []) if _is_molex_parameter(key)]
+        # Every weight comes from the checkpoint: a missing one (expert, router, head or backbone) would otherwise be
+        # silently random-initialised and give a wrong score with no error.
+        missing = sorted(info.get("missing_keys", []))
         if missing:
             raise ValueError(
                 f"{args[0] if args else kwargs.get('pretrained_model_name_or_path')}: the checkpoint lacks "
-                f"{len(missing)} expert/router weights that config.json declares, e.g. {sorted(missing)[:5]}"
+                f"{len(missing)} weight(s) that config.json declares: {missing[:8]}"
             )
         model.apply_trainability()
         return (model, info) if wants_info else model
@@ -264,12 +280,20 @@ class MoLExForAudioClassification(MoLExPreTrainedModel):
         output_hidden_states: bool | None = None,
         **kwargs,
     ) -> MoLExAudioClassifierOutput:
-        """input_values: (B, samples) float audio at `config.sampling_rate`; attention_mask: (B, samples), 1 = real
-        sample; labels: (B,) with 1 = bonafide, 0 = spoof."""
+        """input_values: (B, samples), (B, 1, samples) or (samples,) float audio at `config.sampling_rate` (any float
+        dtype; cast to the model's); attention_mask: same shape, 1 = real sample, 0 = right padding; labels: (B,) with
+        1 = bonafide, 0 = spoof. Clips shorter than one feature-encoder frame, non-finite samples and masks that are
+        not 0/1 right-padding are refused (see model_inputs.py)."""
+        original_shape = tuple(input_values.shape) if isinstance(input_values, torch.Tensor) else ()
+        input_values = standardize_input_values(input_values, self.dtype)
+        attention_mask = standardize_attention_mask(attention_mask, input_values, original_shape)
+        check_clip_lengths(
+            input_values, attention_mask, minimum_input_samples(self.config.backbone_config), self.config.sampling_rate
+        )
         frame_mask = self._frame_mask(input_values, attention_mask)
-        self.routing_context.reset(frame_mask)
-        outputs = self.backbone(input_values, attention_mask=attention_mask, output_hidden_states=True)
-        records = [self.routing_context.records[name] for name in self._router_names]
+        with routing_scope(frame_mask) as routing:
+            outputs = self.backbone(input_values, attention_mask=attention_mask, output_hidden_states=True)
+        records = [routing.records[name] for name in self._router_names]
         hidden = self.layer_sum(outputs.hidden_states) if self.layer_sum is not None else outputs.last_hidden_state
         logits = self.classifier(self.pooling(hidden, frame_mask))  # (B, 2)
 
@@ -352,9 +376,10 @@ class MoLExForAudioClassification(MoLExPreTrainedModel):
         self.apply_trainability()
         return new_packs
 
-    def feature_extractor(self) -> Wav2Vec2FeatureExtractor:
-        """The feature extractor that turns raw audio into this model's `input_values` (used by the pipeline)."""
-        return Wav2Vec2FeatureExtractor(
+    def feature_extractor(self) -> MoLExFeatureExtractor:
+        """The feature extractor that turns raw audio into this model's `input_values` (float64 normalisation,
+        non-finite audio refused); saved as `preprocessor_config.json`."""
+        return MoLExFeatureExtractor(
             feature_size=1,
             sampling_rate=self.config.sampling_rate,
             padding_value=0.0,

@@ -41,10 +41,14 @@ class MoLExAudioClassifierOutput(ModelOutput):
 
 def detection_scores(logits: torch.Tensor, calibration: dict[str, float] | None = None) -> torch.Tensor:
     """(B, 2) logits -> (B,) scores, higher = more bona fide; an LLR when `calibration` is given."""
-    scores = logits[..., 1].float() - logits[..., 0].float()
-    if calibration is not None:
-        scores = calibration["scale"] * scores + calibration["bias"]
-    return scores
+    return calibrate_scores(logits[..., 1].float() - logits[..., 0].float(), calibration)
+
+
+def calibrate_scores(scores: torch.Tensor, calibration: dict[str, float] | None) -> torch.Tensor:
+    """Raw scores -> LLRs with the stored `{"scale", "bias"}` (the only place a calibration is applied)."""
+    if calibration is None:
+        return scores
+    return calibration["scale"] * scores + calibration["bias"]
 
 
 def routing_summary(records: list[RouterOutput]) -> tuple[torch.Tensor | None, torch.Tensor | None]:

@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 import torch
 from audio_fixtures import write_in_the_wild
 from conftest import randomize_experts, tiny_backbone_config
@@ -39,6 +40,9 @@ def test_evaluate_model_writes_scores_and_uses_the_stored_calibration(tmp_path):
     for name, score in raw_scores.items():
         assert abs(calibrated_scores[name] - (2.0 * score - 1.0)) < 1e-9
     assert json.loads((tmp_path / "a" / "eval_results.json").read_text())["metrics"] == raw["metrics"]
+    model = MoLExForAudioClassification.from_pretrained(calibrated_dir).eval()  # the model's own scoring path
+    for name, score in list(calibrated_scores.items())[:2]:
+        assert model.score_file(next(corpus.rglob(f"{name}.flac"))).score == pytest.approx(score, abs=1e-5)
 
 
 def test_evaluate_model_on_in_the_wild(tmp_path):

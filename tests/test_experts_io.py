@@ -212,7 +212,7 @@ def test_checkpoint_missing_expert_weights_is_refused(tmp_path):
     build().save_pretrained(tmp_path)
     weights = load_file(tmp_path / "model.safetensors")
     save_file({k: v for k, v in weights.items() if "molex_router" not in k}, tmp_path / "model.safetensors")
-    with pytest.raises(ValueError, match="lacks 2 expert/router weights"):
+    with pytest.raises(ValueError, match="lacks 2 weight.*molex_router"):
         MoLExForAudioClassification.from_pretrained(tmp_path)
 
 

@@ -200,14 +200,14 @@ def test_readme_and_licence_name_sources_and_credits(corpus):
 
 
 def test_load_asvspoof5_reads_the_corpus(corpus):
-    from training.data.loaders import load_asvspoof5
+    from training.data.loaders import audio_paths, load_asvspoof5
 
     data = load_asvspoof5(corpus)
     for split in PROTOCOL:
         rows = _rows(corpus, split)
         assert len(data[split]) == len(rows)
         assert sum(data[split]["label"]) == sum(row[8] == "bonafide" for row in rows)
-        assert all(Path(path).exists() and "_A" not in Path(path).name for path in data[split]["audio"])
+        assert all(Path(path).exists() and "_A" not in Path(path).name for path in audio_paths(data[split]))
     assert set(data["eval"]["codec"]) - {"none"}, "coded eval rows should be loaded with their codec"
 
 

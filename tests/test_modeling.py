@@ -7,6 +7,7 @@ from transformers import AutoModel
 
 from modeling_molex import MoLExAdapterConfig, MoLExConfig, MoLExForAudioClassification
 from modeling_molex.layers import MoLExLinear
+from modeling_molex.routing_state import routing_scope
 
 
 SIX_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "out_proj", "intermediate_dense", "output_dense"]
@@ -27,8 +28,7 @@ def test_identity_at_init_equals_frozen_backbone(family, tiny_backbone_dirs):
     audio = random_audio()
     mask = torch.ones_like(audio, dtype=torch.long)
     mask[1, 3000:] = 0
-    model.routing_context.reset(model._frame_mask(audio, mask))
-    with torch.no_grad():
+    with torch.no_grad(), routing_scope(model._frame_mask(audio, mask)):
         ours = model.backbone(audio, attention_mask=mask, output_hidden_states=True).hidden_states
         theirs = vanilla(audio, attention_mask=mask, output_hidden_states=True).hidden_states
     assert len(ours) == len(theirs) == 3
@@ -88,7 +88,10 @@ def test_top_k_selects_exactly_k_and_matches_a_reference_loop(granularity, scope
     audio = random_audio()
     with torch.no_grad():
         out = model(audio)
-    for record in model.routing_context.records.values():
+        with routing_scope(None) as routing:
+            model.backbone(audio)
+    assert set(routing.records) == set(model.router_names)
+    for record in routing.records.values():
         gates = record.dense_gates()  # (B, S, E)
         assert ((gates > 0).sum(-1) == 2).all()
         torch.testing.assert_close(gates.sum(-1), torch.ones(gates.shape[:2]))
@@ -96,7 +99,7 @@ def test_top_k_selects_exactly_k_and_matches_a_reference_loop(granularity, scope
     torch.testing.assert_close(usage.sum(-1), torch.full(usage.shape[:2], 2.0))
     # The batched mixture equals an explicit sum over selected experts of gate * expert delta.
     layer: MoLExLinear = model.expert_layers()["encoder.layers.0.feed_forward.intermediate_dense"]
-    routing = model.routing_context.records[layer.router_name]
+    routing = routing.records[layer.router_name]
     frames = routing.probs.shape[1] if granularity == "token" else 7
     x = torch.randn(2, frames, layer.in_features)
     gates = routing.dense_gates()

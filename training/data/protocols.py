@@ -27,6 +27,7 @@ __all__ = [
     "read_asvspoof2019_protocol",
     "read_in_the_wild_meta",
     "read_label_csv",
+    "require_rows",
 ]
 
 logger = logging.getLogger(__name__)
@@ -54,7 +55,20 @@ def parse_label(value: str, path: str | Path, line: int) -> int:
         return 1
     if key in _SPOOF:
         return 0
-    raise ProtocolError(path, line, f"label {value!r} is neither bonafide (bonafide/bona-fide/1) nor spoof (spoof/0)")
+    raise ProtocolError(
+        path,
+        line,
+        f"label {value!r} is neither bonafide (bonafide/bona-fide/1) nor spoof (spoof/0); a fractional or other "
+        "number is not a class",
+    )
+
+
+def require_rows(rows: list[dict], path: str | Path) -> list[dict]:
+    """Refuse a protocol without data rows (empty, blank or header-only): it would give a 0-row split that fails
+    much later ("num_samples=0") without naming the file."""
+    if not rows:
+        raise ProtocolError(path, None, "the protocol lists no utterances (the file is empty or holds only a header)")
+    return rows
 
 
 def _codec(codec: str, quality: str, path: Path, line: int) -> tuple[str, int]:
@@ -121,7 +135,7 @@ def read_asvspoof5_protocol(path: str | Path) -> list[dict]:
                 "line": line,
             }
         )
-    return rows
+    return require_rows(rows, path)
 
 
 def read_asvspoof2019_protocol(path: str | Path) -> list[dict]:
@@ -153,7 +167,7 @@ def read_asvspoof2019_protocol(path: str | Path) -> list[dict]:
                 "line": line,
             }
         )
-    return rows
+    return require_rows(rows, path)
 
 
 def _csv_rows(path: Path, required: tuple[str, ...]):
@@ -196,7 +210,7 @@ def read_in_the_wild_meta(path: str | Path) -> list[dict]:
                 "line": line,
             }
         )
-    return rows
+    return require_rows(rows, path)
 
 
 def read_label_csv(path: str | Path) -> list[dict]:
@@ -233,7 +247,7 @@ def read_label_csv(path: str | Path) -> list[dict]:
                 "line": line,
             }
         )
-    return rows
+    return require_rows(rows, path)
 
 
 def check_unique_ids(rows: list[dict], path: str | Path) -> None:

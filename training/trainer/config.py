@@ -114,7 +114,8 @@ class TrainConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"`{name}` must be >= 1, got {getattr(self, name)}")
-        for name in ("add_experts", "num_workers", "eval_every_steps", "early_stopping_patience"):
+        non_negative = ["add_experts", "num_workers", "eval_every_steps", "early_stopping_patience"]
+        for name in (*non_negative, "weight_decay", "max_grad_norm"):
             if getattr(self, name) < 0:
                 raise ValueError(f"`{name}` must be >= 0, got {getattr(self, name)}")
         if self.top_k > self.num_experts:

@@ -89,10 +89,25 @@ def build_model(config: TrainConfig, accelerator: Accelerator) -> MoLExForAudioC
             head_dropout=config.head_dropout,
             class_weights=config.class_weights,
         )
+    shortest = min_input_samples(model.config.backbone_config)
+    if config.crop_samples < shortest:
+        raise ValueError(
+            f"`crop_samples` ({config.crop_samples}) is shorter than one frame of the backbone, whose feature "
+            f"encoder needs at least {shortest} samples"
+        )
     model.config.crop_samples = config.crop_samples  # recorded for scoring code that windows long clips
     if config.gradient_checkpointing:
         model.activation_checkpointing_enable(every_n_layers=config.checkpoint_every_n_blocks)
     return model
+
+
+def min_input_samples(backbone_config) -> int:
+    """Samples in one output frame of a wav2vec2-style convolutional feature encoder (its receptive field): 400
+    for wav2vec2 / XLS-R / WavLM. Shorter input yields no frame at all."""
+    field = 1
+    for kernel, stride in reversed(list(zip(backbone_config.conv_kernel, backbone_config.conv_stride, strict=True))):
+        field = (field - 1) * stride + kernel
+    return field
 
 
 def make_loaders(

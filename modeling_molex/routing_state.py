@@ -1,0 +1,70 @@
+"""Routing decisions of one forward pass, owned by that call (never by the model), so one model serves many threads.
+
+The model's forward opens a `routing_scope` holding the frame-level padding mask; block routers (forward pre-hooks)
+and module routers write their decisions into it, and the expert layers read them back. The scope lives in a
+`contextvars.ContextVar`, so two threads (or two interleaved calls) each see their own state and nothing has to be
+threaded through the backbone's forward signatures. Records are keyed by router name, so an activation-checkpointing
+recompute overwrites instead of duplicating them.
+"""
+
+import contextlib
+import functools
+from collections.abc import Callable, Iterator
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+
+import torch
+
+from .router import RouterOutput
+
+
+@dataclass
+class RoutingState:
+    """What the routers of one forward pass share: the padding mask in, their decisions out."""
+
+    frame_mask: torch.Tensor | None  # (B, T) bool, True = real frame; None = no padding
+    records: dict[str, RouterOutput] = field(default_factory=dict)
+
+
+_CURRENT_ROUTING: ContextVar[RoutingState | None] = ContextVar("molex_routing_state", default=None)
+
+
+@contextlib.contextmanager
+def routing_scope(frame_mask: torch.Tensor | None) -> Iterator[RoutingState]:
+    """Open a fresh routing state for the calls made inside this block (in this thread / context only)."""
+    state = RoutingState(frame_mask)
+    token = _CURRENT_ROUTING.set(state)
+    try:
+        yield state
+    finally:
+        _CURRENT_ROUTING.reset(token)
+
+
+def current_routing_state() -> RoutingState:
+    """The routing state of the forward pass running in this context."""
+    state = _CURRENT_ROUTING.get()
+    if state is None:
+        raise RuntimeError(
+            "MoLEx experts were called outside a routing scope. Call the model (MoLExForAudioClassification), or "
+            "wrap direct backbone calls in `with routing_scope(frame_mask):`."
+        )
+    return state
+
+
+def carry_routing_state(checkpoint_function: Callable) -> Callable:
+    """Wrap an activation-checkpointing function so that the recompute in backward (run after the forward's scope
+    has closed, possibly in autograd's own thread) sees the routing state of the forward it replays."""
+
+    def checkpoint_with_routing_state(function: Callable, *args, **kwargs):
+        state = _CURRENT_ROUTING.get()
+        return checkpoint_function(functools.partial(_run_in_state, state, function), *args, **kwargs)
+
+    return checkpoint_with_routing_state
+
+
+def _run_in_state(state: RoutingState | None, function: Callable, *args, **kwargs):
+    token = _CURRENT_ROUTING.set(state)
+    try:
+        return function(*args, **kwargs)
+    finally:
+        _CURRENT_ROUTING.reset(token)
