@@ -103,5 +103,7 @@ def test_module_scope_routers_ignore_padding_frames(granularity):
 def test_an_expert_layer_called_outside_the_model_says_how_to_call_it():
     model = build()  # block routers: the layer has no routing decision of its own
     layer = model.expert_layers()["encoder.layers.0.attention.q_proj"]
-    with pytest.raises(RuntimeError, match="Call the backbone through MoLExForAudioClassification"):
+    with pytest.raises(
+        RuntimeError, match=r"outside a routing scope\. Call the model \(MoLExForAudioClassification\)"
+    ):
         layer(torch.randn(1, 3, layer.in_features))

@@ -30,7 +30,7 @@ def test_threshold_is_the_95th_percentile_of_reference_novelty(tmp_path):
     rows = (tmp_path / "out" / "routing_signatures_train.tsv").read_text().splitlines()[1:]
     novelty = np.array([float(row.split("\t")[3]) for row in rows])
     ordered = np.sort(novelty)
-    assert len(novelty) == 10 and ordered[-1] - ordered[-2] > 0.01, f"scores too alike for this test: {ordered}"
+    assert len(novelty) == 10 and ordered[-1] - ordered[-2] > 0.003, f"scores too alike for this test: {ordered}"
     p95, p50 = np.percentile(novelty, 95), np.percentile(novelty, 50)
     assert p95 - p50 > 0.02, f"scores too alike to tell percentiles apart: {ordered}"
     threshold = json.loads((tmp_path / "model" / SIGNATURES_FILE).read_text())["threshold"]
