@@ -46,7 +46,12 @@ TESTS_BY_FILE = {
         "tests/test_modeling.py::test_top_k_selects_exactly_k_and_matches_a_reference_loop",
     ],
     # (the evaluate-module test runs the metric in a subprocess, outside mutmut's reach)
-    "training/metrics/asvspoof_metrics.py": ["tests/test_metrics.py", "-k", "not evaluate_load"],
+    "training/metrics/asvspoof_metrics.py": [
+        "tests/test_metrics.py",
+        "tests/test_metrics_contracts.py",
+        "-k",
+        "not evaluate_load",
+    ],
     "training/metrics/calibration.py": ["tests/test_calibration.py"],
     "modeling_molex/experts_io.py": ["tests/test_expert_pack_roundtrip.py", "tests/test_experts_io.py"],
     # test_modeling's per-family/per-projection sweeps reach forward() ~60 times; they are left out here for speed.
