@@ -53,7 +53,11 @@ TESTS_BY_FILE = {
         "not evaluate_load",
     ],
     "training/metrics/calibration.py": ["tests/test_calibration.py"],
-    "modeling_molex/experts_io.py": ["tests/test_expert_pack_roundtrip.py", "tests/test_experts_io.py"],
+    "modeling_molex/experts_io.py": [
+        "tests/test_expert_pack_roundtrip.py",
+        "tests/test_expert_pack_files.py",
+        "tests/test_experts_io.py",
+    ],
     # test_modeling's per-family/per-projection sweeps reach forward() ~60 times; they are left out here for speed.
     "modeling_molex/modeling_molex.py": [
         "tests/test_class_weights.py",
