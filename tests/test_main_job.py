@@ -3,11 +3,13 @@ training -> eval once -> analysis -> results table, model folder and results.jso
 
 import json
 
+import pytest
 from test_mini_corpus import _packages_or_skip
 
 from training import main_job
 
 
+@pytest.mark.slow
 def test_main_job_runs_end_to_end(tmp_path, capsys):
     _packages_or_skip()
     output = tmp_path / "main"

@@ -7,6 +7,7 @@ in routing_signatures.json (what the demo flags with) must equal the 95th percen
 import json
 
 import numpy as np
+import pytest
 import torch
 from conftest import randomize_experts, tiny_backbone_config
 from train_fixtures import write_synthetic_asvspoof5
@@ -15,6 +16,7 @@ from modeling_molex import MoLExAdapterConfig, MoLExConfig, MoLExForAudioClassif
 from training.analysis.analyze_experts import SIGNATURES_FILE, analyze
 
 
+@pytest.mark.slow  # a full analysis run (scoring a small corpus)
 def test_threshold_is_the_95th_percentile_of_reference_novelty(tmp_path):
     corpus = write_synthetic_asvspoof5(tmp_path / "corpus", per_class=5)
     torch.manual_seed(3)

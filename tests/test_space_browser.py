@@ -89,6 +89,7 @@ def upload(page, path: Path) -> None:
     page.locator("input[type=file]").first.set_input_files(str(path))
 
 
+@pytest.mark.slow
 def test_upload_detect_and_read_the_verdict(served, page):
     expected = served["detector"].predict(served["clip"])
     page.goto(served["url"])
@@ -110,6 +111,7 @@ def test_upload_detect_and_read_the_verdict(served, page):
     assert (ARTIFACTS / "space_app_verdict.png").stat().st_size > 10_000
 
 
+@pytest.mark.slow
 def test_non_audio_upload_shows_a_message_then_the_page_still_works(served, page):
     page.goto(served["url"])
     upload(page, served["not_audio"])

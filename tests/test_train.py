@@ -74,6 +74,7 @@ def test_two_step_run_writes_a_loadable_model_and_results(corpus, tmp_path):
     assert [r["step"] for r in log if r["event"] == "train"] == [1, 2]
 
 
+@pytest.mark.slow
 def test_resume_after_a_hard_kill_continues_like_an_uninterrupted_run(corpus, tmp_path):
     common = ["--max_steps", "4", "--eval_every_steps", "2", "--eval_split", ""]
     uninterrupted = run_script(run_args(corpus, tmp_path / "full", *common))
@@ -104,6 +105,7 @@ def test_resume_after_a_hard_kill_continues_like_an_uninterrupted_run(corpus, tm
     assert final_metrics(resumed.stdout)["rank=0"] == final_metrics(uninterrupted.stdout)["rank=0"]
 
 
+@pytest.mark.slow
 def test_two_cpu_processes_agree_on_the_final_metrics(corpus, tmp_path):
     launcher = [str(Path(sys.executable).with_name("accelerate")), "launch", "--multi_gpu", "--num_processes", "2"]
     launcher += [
