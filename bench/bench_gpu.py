@@ -17,7 +17,7 @@ Targets (issue 12): MoLEx inference <= 1.10x the frozen backbone at batch 32 in 
 
 Without CUDA it runs on the CPU in the tiny test shape (batch 2 instead of 32 and 16, 0.5 s clips, no memory
 figures): that is what the test runs so the script does not rot. Numbers are never asserted in tests.
-`--quick` takes fewer rounds and steps (about 2 minutes on a recent GPU); the full run is meant to fit in 8 minutes.
+`--quick` takes fewer rounds and steps; the full run is meant to fit in 8 minutes (estimated: not yet run on a GPU).
 """
 
 import argparse

@@ -53,16 +53,18 @@ class AudioInputError(ValueError):
 
 
 def as_channels_first(wave, name: str = "wave") -> np.ndarray:
-    """Any 1-D (samples,) or 2-D array (either axis order: the shorter axis holds the channels) -> float64
-    (channels, samples). Integer PCM is scaled to [-1, 1) by its type's range. Non-finite samples are refused."""
+    """Any 1-D (samples,) or 2-D array (either axis order: the shorter axis holds the channels) -> float32 or
+    float64 (channels, samples), without a copy when possible. Integer PCM is scaled to [-1, 1) by its type's range.
+    Non-finite samples are refused."""
     if hasattr(wave, "detach"):  # torch tensor
         wave = wave.detach().cpu().numpy()
     wave = np.asarray(wave)
     if wave.dtype == bool or not (np.issubdtype(wave.dtype, np.floating) or np.issubdtype(wave.dtype, np.integer)):
         raise AudioInputError(f"{name}: expected float or integer PCM samples, got dtype {wave.dtype}")
     if np.issubdtype(wave.dtype, np.integer):
-        wave = wave.astype(np.float64) / float(-np.iinfo(wave.dtype).min)
-    wave = wave.astype(np.float64, copy=False)
+        wave = wave.astype(np.float32) / np.float32(-np.iinfo(wave.dtype).min)
+    elif wave.dtype not in (np.float32, np.float64):
+        wave = wave.astype(np.float32)  # float16 and friends; float32/float64 are kept (an hour is 230/460 MB)
     if wave.size == 0:
         raise AudioInputError(f"{name}: holds no audio samples")
     if wave.ndim == 1:
@@ -87,8 +89,13 @@ def as_channels_first(wave, name: str = "wave") -> np.ndarray:
     return wave
 
 
-def _rms(wave: np.ndarray) -> np.ndarray:
-    return np.sqrt(np.mean(np.square(wave, dtype=np.float64), axis=-1))
+def _rms(wave: np.ndarray, chunk: int = 1 << 20) -> np.ndarray:
+    """RMS over the last axis, accumulated in float64 chunk by chunk (no full float64 copy of an hour of audio)."""
+    total = np.zeros(wave.shape[:-1], dtype=np.float64)
+    for start in range(0, wave.shape[-1], chunk):
+        piece = wave[..., start : start + chunk].astype(np.float64)
+        total += np.einsum("...i,...i->...", piece, piece)
+    return np.sqrt(total / wave.shape[-1])
 
 
 def to_mono(wave: np.ndarray) -> tuple[np.ndarray, str]:

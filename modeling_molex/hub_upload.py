@@ -20,10 +20,15 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-import yaml
 from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi
 
 from .model_card import enrich_index, render_card
+
+
+try:  # pyyaml comes with transformers; without it a YAML file is only checked for local paths, not rewritten
+    import yaml
+except ImportError:  # pragma: no cover
+    yaml = None
 
 
 LOCAL_PATH = re.compile(r"^(?:~|/|[A-Za-z]:[\\/]|\\\\)")  # POSIX, home-relative, Windows drive or UNC
@@ -56,7 +61,11 @@ def scrub_folder(folder: str | os.PathLike) -> list[str]:
     """Rewrite, in place, the JSON and YAML files of `folder` whose values hold local paths; returns their paths."""
     changed = []
     for path in sorted(Path(folder).rglob("*")):
-        if not path.is_file() or path.suffix not in (".json", ".yaml", ".yml"):
+        if (
+            not path.is_file()
+            or path.suffix not in (".json", ".yaml", ".yml")
+            or (yaml is None and path.suffix != ".json")
+        ):
             continue
         text = path.read_text(encoding="utf-8")
         data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)

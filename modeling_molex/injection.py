@@ -32,7 +32,7 @@ def _run_block_router(block: nn.Module, args: tuple, kwargs: dict) -> None:
     """Forward pre-hook: route on the block input before any of the block's experts is called."""
     hidden_states = args[0] if args else kwargs["hidden_states"]  # (B, T, D)
     state = current_routing_state()
-    state.records[block._molex_router_name] = block.molex_router(hidden_states, state.frame_mask)
+    state.records[block._molex_router_name] = block.molex_router(hidden_states, state.frame_mask, state.expert_mask)
 
 
 def _make_router(adapter: MoLExAdapterConfig, hidden_size: int) -> TopKRouter:

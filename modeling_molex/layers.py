@@ -7,13 +7,12 @@ two batched matmuls, never a Python loop over experts. With utterance routing on
 gathered and computed; with token routing every expert is computed and unselected ones get an exact zero gate.
 """
 
-import math
-
 import torch
 from torch import nn
+from transformers import initialization as init
 
 from .router import RouterOutput, TopKRouter
-from .routing_state import current_routing_state
+from .routing_state import current_routing_state, experts_are_disabled
 
 
 class MoLExLinear(nn.Module):
@@ -48,7 +47,6 @@ class MoLExLinear(nn.Module):
         self.lora_B = nn.ParameterList([nn.Parameter(torch.empty(n, r, self.out_features)) for n in pack_sizes])
         self.router = router
         self.router_name = router_name
-        self.experts_enabled = True
 
     # Code that reads `module.weight` directly (WavLM attention, merging tools) still sees the frozen weight.
     @property
@@ -75,10 +73,11 @@ class MoLExLinear(nn.Module):
     def reset_expert_parameters(self, pack_index: int | None = None) -> None:
         """PEFT's default LoRA init: A ~ U(+-1/sqrt(d_in)) (kaiming-uniform, a=sqrt(5)), B = 0 (zero delta)."""
         packs = range(len(self.lora_A)) if pack_index is None else [pack_index]
-        bound = 1.0 / math.sqrt(self.in_features)
+        bound = self.in_features**-0.5
         for i in packs:
-            self.lora_A[i].uniform_(-bound, bound)
-            self.lora_B[i].zero_()
+            # `transformers.initialization` skips tensors already loaded from a checkpoint.
+            init.uniform_(self.lora_A[i], -bound, bound)
+            init.zeros_(self.lora_B[i])
 
     def add_pack(self, size: int) -> None:
         """Append `size` new experts (zero delta) as a new trainable pack."""
@@ -90,14 +89,14 @@ class MoLExLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         result = self.base_layer(x)
-        if not self.experts_enabled:
+        if experts_are_disabled():
             return result
         return self.mixture_delta(x, self._routing(x), add_to=result)
 
     def _routing(self, x: torch.Tensor) -> RouterOutput:
         state = current_routing_state()
         if self.router is not None:
-            routing = self.router(x, state.frame_mask)
+            routing = self.router(x, state.frame_mask, state.expert_mask)
             state.records[self.router_name] = routing
             return routing
         routing = state.records.get(self.router_name)

@@ -86,8 +86,13 @@ class TopKRouter(nn.Module):
             new.copy_(rows)
         self.weight.append(nn.Parameter(new))
 
-    def forward(self, hidden_states: torch.Tensor, frame_mask: torch.Tensor | None = None) -> RouterOutput:
-        # hidden_states: (B, T, D); frame_mask: (B, T) bool or None
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        frame_mask: torch.Tensor | None = None,
+        expert_mask: torch.Tensor | None = None,
+    ) -> RouterOutput:
+        # hidden_states: (B, T, D); frame_mask: (B, T) bool or None; expert_mask: (E,) bool, False = never chosen
         features = hidden_states.float()
         mask = frame_mask
         if self.granularity == "utterance":
@@ -96,6 +101,8 @@ class TopKRouter(nn.Module):
         logits = F.linear(features, self.full_weight().float())  # (B, S, E)
         if self.training and self.noise_std > 0:
             logits = logits + torch.randn_like(logits) * self.noise_std
+        if expert_mask is not None:
+            logits = logits.masked_fill(~expert_mask.to(logits.device), float("-inf"))
         probs = logits.softmax(dim=-1)  # (B, S, E)
         top_k_probs, top_k_indices = probs.topk(self.top_k, dim=-1)  # (B, S, k)
         if self.normalize_top_k and self.top_k > 1:

@@ -23,21 +23,37 @@ class RoutingState:
     """What the routers of one forward pass share: the padding mask in, their decisions out."""
 
     frame_mask: torch.Tensor | None  # (B, T) bool, True = real frame; None = no padding
+    expert_mask: torch.Tensor | None = None  # (E,) bool, experts the routers may choose; None = all
     records: dict[str, RouterOutput] = field(default_factory=dict)
 
 
 _CURRENT_ROUTING: ContextVar[RoutingState | None] = ContextVar("molex_routing_state", default=None)
+_EXPERTS_DISABLED: ContextVar[bool] = ContextVar("molex_experts_disabled", default=False)
 
 
 @contextlib.contextmanager
-def routing_scope(frame_mask: torch.Tensor | None) -> Iterator[RoutingState]:
+def routing_scope(frame_mask: torch.Tensor | None, expert_mask: torch.Tensor | None = None) -> Iterator[RoutingState]:
     """Open a fresh routing state for the calls made inside this block (in this thread / context only)."""
-    state = RoutingState(frame_mask)
+    state = RoutingState(frame_mask, expert_mask)
     token = _CURRENT_ROUTING.set(state)
     try:
         yield state
     finally:
         _CURRENT_ROUTING.reset(token)
+
+
+@contextlib.contextmanager
+def experts_disabled() -> Iterator[None]:
+    """Inside this block (this thread / context only), expert layers add no delta: the frozen backbone alone runs."""
+    token = _EXPERTS_DISABLED.set(True)
+    try:
+        yield
+    finally:
+        _EXPERTS_DISABLED.reset(token)
+
+
+def experts_are_disabled() -> bool:
+    return _EXPERTS_DISABLED.get()
 
 
 def current_routing_state() -> RoutingState:

@@ -132,7 +132,9 @@ def _prepare(wave, rate: int, model_rate: int, crop: int, hop: int, name: str) -
     mono, policy = to_mono(channels_first)
     level = level_dbfs(mono)
     mono = resample(mono, int(rate), model_rate, name)
-    peak = float(np.abs(mono).max())
+    peak = float(max(mono.max(), -mono.min()))
+    if not math.isfinite(peak):
+        raise AudioInputError(f"{name}: sample values overflow when mixed or resampled (|x| near float32's limit)")
     if peak > 1e6:  # normalisation is scale-free: bring absurd values into float32's comfortable range first
         mono = mono / peak
     mono = torch.from_numpy(np.ascontiguousarray(mono, dtype=np.float32))  # 4 bytes per sample of audio

@@ -52,7 +52,7 @@ TESTS_BY_FILE = {
         "-k",
         "not evaluate_load",
     ],
-    "training/metrics/calibration.py": ["tests/test_calibration.py"],
+    "training/metrics/calibration.py": ["tests/test_calibration.py", "tests/test_calibration_fit.py"],
     "modeling_molex/experts_io.py": [
         "tests/test_expert_pack_roundtrip.py",
         "tests/test_expert_pack_files.py",
@@ -69,7 +69,8 @@ TESTS_BY_FILE = {
         "-k",
         "not each_target_module_really and not bf16_forward and not no_graph_below",
     ],
-    "training/trainer/checkpointing.py": ["tests/test_train.py"],
+    "training/trainer/checkpointing.py": ["tests/test_checkpoints.py", "tests/test_train_loop.py"],
+    "training/trainer/loop.py": ["tests/test_train_loop.py"],
 }
 
 STATUS_BY_EMOJI = {

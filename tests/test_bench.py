@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench import bench_experts, bench_inference
+from bench import bench_experts, bench_inference, bench_long_audio
 from bench.common import backbone_config, build_molex
 
 
@@ -86,3 +86,28 @@ def test_bench_molex_builder_gives_the_experts_a_non_zero_delta():
         with model.experts_disabled():
             without = model(audio).logits
     assert not torch.allclose(with_experts, without)
+
+
+def test_bench_long_audio_scores_each_length_in_its_own_process_and_sweeps_batch_sizes(capsys):
+    report = bench_long_audio.main(
+        [
+            "--shape",
+            "small",
+            "--threads",
+            "1",
+            "--minutes",
+            "0.1",
+            "--sweep",
+            "1",
+            "2",
+            "--sweep_minutes",
+            "0.1",
+            "--rounds",
+            "1",
+        ]
+    )
+    (row,) = report["lengths"]
+    assert row["windows"] == 2  # 6 s of audio: windows at 0 s and at 6 - 4.04 s
+    assert row["peak_rss_gib"] > 0 and row["wall_s_per_audio_hour"] > 0
+    assert set(report["sweep"]) == {1, 2}
+    assert "| 0.1 | 2 |" in capsys.readouterr().out

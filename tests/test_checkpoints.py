@@ -1,6 +1,8 @@
 """Checkpoints hold only safetensors and JSON, and resuming never opens anything else (issue 10, item 6)."""
 
+import json
 import pickle
+import shutil
 from pathlib import Path
 
 import pytest
@@ -57,3 +59,14 @@ def test_a_planted_pickle_is_refused_on_resume_and_never_opened(finished_run, tm
         assert not marker.exists(), "the planted pickle was unpickled"
     finally:
         (checkpoint / planted).unlink()
+
+
+def test_a_fresh_run_in_a_used_output_dir_numbers_its_checkpoints_after_the_old_ones(finished_run, tmp_path):
+    """Old checkpoints count as older: they are pruned first, and `latest` is always the new run's."""
+    corpus, old_run = finished_run
+    output_dir = tmp_path / "reused"
+    shutil.copytree(old_run, output_dir)
+    train.main(tiny_run_args(corpus, output_dir, "--max_steps", "1", "--eval_split", "", "--save_total_limit", "2"))
+    assert [p.name for p in list_checkpoints(output_dir)] == ["checkpoint_1", "checkpoint_2"]
+    newest = json.loads((list_checkpoints(output_dir)[-1] / "training_state.json").read_text())
+    assert newest["global_step"] == 1 and len(newest["history"]) == 1

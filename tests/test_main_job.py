@@ -2,8 +2,10 @@
 training -> eval once -> analysis -> results table, model folder and results.json."""
 
 import json
+from pathlib import Path
 
 import pytest
+import yaml
 from test_mini_corpus import _packages_or_skip
 
 from training import main_job
@@ -50,3 +52,28 @@ def test_main_job_runs_end_to_end(tmp_path, capsys):
     assert (output / saved["figures"]["expert_usage"]).is_file()
     assert (output / "model" / "routing_signatures.json").is_file()
     assert molex["global_step"] == 2
+
+
+def test_main_job_pretrain_flag_recreates_the_encoder_and_trains_on_it(tmp_path, capsys):
+    _packages_or_skip()
+    recipe = yaml.safe_load(Path("configs/ssl_tiny.yaml").read_text())
+    recipe |= {"extra_bonafide": False, "extra_spoofs_per_attack": 0, "kmeans_frames": 300, "batch_size": 2}
+    recipe |= {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
+    recipe |= {"conv_dim": [16, 16, 16, 16], "num_conv_pos_embeddings": 8, "num_conv_pos_embedding_groups": 2}
+    recipe["codebooks"] = [{"features": "logmel", "dims": 16, "clusters": 8}]
+    pretrain_config = tmp_path / "ssl.yaml"
+    pretrain_config.write_text(yaml.safe_dump(recipe))
+    output = tmp_path / "main"
+    train_args = ["--max_steps", "1", "--batch_size", "2", "--num_experts", "2", "--top_k", "1", "--rank", "2"]
+    molex = main_job.main(
+        [
+            "--output_dir", str(output), "--corpus_dir", str(tmp_path / "corpus"), "--per_attack", "2",
+            "--bonafide_per_split", "4", "--pretrain", "--pretrain_config", str(pretrain_config),
+            "--pretrain_steps", "2", "--train_args", *train_args,
+        ]
+    )  # fmt: skip
+    encoder = output / "ssl_pretraining" / "encoder"
+    assert (encoder / "model.safetensors").is_file() and (encoder / "preprocessor_config.json").is_file()
+    assert json.loads((encoder / "pretraining.json").read_text())["steps"] == 2
+    assert molex["config"]["backbone"] == str(encoder)
+    assert f"encoder: {encoder}" in capsys.readouterr().out

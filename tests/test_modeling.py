@@ -3,7 +3,7 @@
 import pytest
 import torch
 from conftest import FAMILIES, random_audio, randomize_experts, tiny_backbone_config
-from transformers import AutoModel
+from transformers import AutoConfig, AutoModel
 
 from modeling_molex import MoLExAdapterConfig, MoLExConfig, MoLExForAudioClassification
 from modeling_molex.layers import MoLExLinear
@@ -198,3 +198,38 @@ def test_no_graph_below_the_transformer_in_training(family):
     )
     model(random_audio(), labels=torch.tensor([0, 1])).loss.backward()
     assert captured["requires_grad"] is False
+
+
+def test_save_and_reload_is_bit_exact(tmp_path):
+    """Loaded safetensors tensors are views into the file at 8-byte offsets; CPU GEMM kernels sum differently on
+    memory that is not 64-byte aligned (logits moved by ~2e-9). Reloaded weights must be aligned like fresh ones."""
+    backbone_config = AutoConfig.for_model(
+        "wav2vec2",
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=128,
+        conv_dim=[128],
+        conv_kernel=[400],
+        conv_stride=[320],
+        feat_extract_norm="layer",
+        do_stable_layer_norm=True,
+        conv_bias=True,
+        num_conv_pos_embeddings=16,
+        num_conv_pos_embedding_groups=4,
+    )
+    torch.manual_seed(0)
+    AutoModel.from_config(backbone_config).save_pretrained(tmp_path / "backbone")
+    fresh = MoLExForAudioClassification.from_backbone(
+        str(tmp_path / "backbone"), adapter=MoLExAdapterConfig(num_experts=4, top_k=2, r=4, lora_alpha=8)
+    ).eval()
+    randomize_experts(fresh)
+    fresh.save_pretrained(tmp_path / "model")
+    reloaded = MoLExForAudioClassification.from_pretrained(tmp_path / "model").eval()
+    misaligned = [name for name, p in reloaded.named_parameters() if p.data_ptr() % 64]
+    assert not misaligned, f"{len(misaligned)} reloaded parameters are not 64-byte aligned, e.g. {misaligned[:3]}"
+    inputs = fresh.feature_extractor()(
+        random_audio(1, 32000, seed=5)[0].numpy(), sampling_rate=16000, return_tensors="pt"
+    )
+    with torch.inference_mode():
+        assert torch.equal(reloaded(**inputs).logits, fresh(**inputs).logits)

@@ -159,7 +159,7 @@ def test_experts_only_pushes_the_pack_at_the_repo_root(hub, tmp_path):
     [commit] = hub.commits("me/pack")
     experts = [f"expert_{i}/{n}" for i in (4, 5) for n in ("adapter_config.json", "adapter_model.safetensors")]
     assert commit["added"] == sorted(
-        ["README.md", "adapter_config.json", "index.json", "router.safetensors", *experts]
+        ["README.md", "index.json", "molex_pack_config.json", "router.safetensors", *experts]
     )
     card = ModelCard(hub.head("me/pack")["files"]["README.md"].decode())
     assert not re.search(r"\{\{|\{%|None\b", card.text)
@@ -278,7 +278,7 @@ def test_models_own_push_to_hub_sends_every_expert_folder_in_one_commit(hub):
     expected |= {
         f"experts/expert_{i}/{name}" for i in (0, 1) for name in ("adapter_config.json", "adapter_model.safetensors")
     }
-    expected |= {"experts/adapter_config.json", "experts/index.json", "experts/router.safetensors"}
+    expected |= {"experts/molex_pack_config.json", "experts/index.json", "experts/router.safetensors"}
     assert expected <= set(commit["added"])
 
 

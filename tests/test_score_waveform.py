@@ -191,3 +191,21 @@ def test_pipeline_from_a_fresh_process_scores_long_input_in_windows(model, tmp_p
         assert scores["bonafide"] == pytest.approx(expected.bonafide_probability, abs=1e-5)
         assert scores["spoof"] == pytest.approx(1 - expected.bonafide_probability, abs=1e-5)
     shutil.rmtree(tmp_path / "model")
+
+
+def test_a_pipeline_built_from_a_model_object_uses_the_same_path(model):
+    from transformers import pipeline
+
+    # transformers reads `custom_pipelines` only for repo ids: a model object needs `pipeline_class` spelled out.
+    classify = pipeline(
+        "audio-classification",
+        model=model,
+        feature_extractor=model.feature_extractor(),
+        pipeline_class=model.pipeline_class(),
+    )
+    wave = speech(0.9, seed=12)
+    scores = {row["label"]: row["score"] for row in classify(wave)}
+    assert scores["bonafide"] == pytest.approx(model.score_waveform(wave, 16_000).bonafide_probability, abs=1e-9)
+    silent = np.zeros(16_000, np.float32)
+    with pytest.raises(ValueError, match="near-silent"):
+        classify(silent)

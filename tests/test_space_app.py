@@ -17,7 +17,7 @@ import pytest
 import soundfile as sf
 import torch
 from audio_fixtures import write_clip, write_lines
-from conftest import randomize_experts
+from conftest import randomize_experts, run_in_fresh_process
 
 from modeling_molex import MoLExAdapterConfig, MoLExForAudioClassification
 from modeling_molex.novelty import (
@@ -422,3 +422,23 @@ def test_space_folder_is_a_valid_gradio_space():
     assert f"transformers=={transformers.__version__}" in requirements
     assert f"gradio=={gr.__version__}" in requirements
     assert os.access(SPACE_DIR / "app.py", os.R_OK)
+
+
+DETECTOR_SCRIPT = """
+import json, sys
+sys.path.insert(0, sys.argv[1])
+from detector import Detector
+result = Detector(sys.argv[2]).predict(sys.argv[3])
+print(json.dumps({"module": type(result).__module__, "score": result.score}))
+"""
+
+
+def test_the_space_runs_any_molex_repo_through_remote_code_alone(space_model_dir, detector, clips, tmp_path):
+    """The Space ships without this project: its code plus the model repo's remote code must be enough."""
+    run = run_in_fresh_process(
+        DETECTOR_SCRIPT, [str(SPACE_DIR), str(space_model_dir), str(clips["long10s"])], tmp_path
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    output = json.loads(run.stdout.strip().splitlines()[-1])
+    assert output["module"].startswith("transformers_modules.")  # the model repo's own scoring code ran
+    assert output["score"] == pytest.approx(detector.predict(clips["long10s"]).score, abs=1e-6)

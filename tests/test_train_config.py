@@ -29,3 +29,15 @@ def test_a_crop_shorter_than_one_backbone_frame_is_an_error_naming_the_field(tmp
         build_model(TrainConfig(**common, crop_samples=399), accelerator)
     model = build_model(TrainConfig(**common, crop_samples=400), accelerator)
     assert min_input_samples(model.config.backbone_config) == 400
+
+
+def test_backbone_dropout_reaches_every_dropout_field_of_the_backbone(tmp_path):
+    accelerator = Accelerator(cpu=True)
+    common = {"data_root": "/x", "output_dir": str(tmp_path), "num_experts": 2, "rank": 2, "head_hidden_size": 8}
+    default = build_model(TrainConfig(**common), accelerator).config.backbone_config
+    assert default.hidden_dropout > 0  # the tiny backbone keeps wav2vec2's default dropout unless told
+    backbone = build_model(TrainConfig(**common, backbone_dropout=0.0), accelerator).config.backbone_config
+    for name in ("hidden_dropout", "attention_dropout", "activation_dropout", "feat_proj_dropout"):
+        assert getattr(backbone, name) == 0.0, name
+    with pytest.raises(ValueError, match="`backbone_dropout`"):
+        TrainConfig(**common, backbone_dropout=1.5)

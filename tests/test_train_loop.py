@@ -9,6 +9,7 @@ import json
 
 import pytest
 import torch
+from accelerate import Accelerator
 from safetensors.torch import load_file
 from train_fixtures import tiny_run_args, write_synthetic_asvspoof5
 
@@ -95,3 +96,17 @@ def test_a_trainable_parameter_without_gradient_stops_training(corpus, tmp_path,
     monkeypatch.setattr(loop, "build_model", build_model_with_a_bypassed_parameter)
     with pytest.raises(RuntimeError, match=r"1 trainable parameters got no gradient, e.g. \['bypassed_expert'\]"):
         train.main(tiny_run_args(corpus, tmp_path, "--max_steps", "1", "--eval_split", ""))
+
+
+def test_launches_that_would_train_silently_wrong_are_refused(monkeypatch):
+    """Processes that accelerate runs each alone would train duplicates; --use_fsdp on CPU silently becomes DDP
+    (and checkpoints hold whole tensors, not shards): both are errors that say what to do."""
+    accelerator = Accelerator(cpu=True)
+    loop.check_launch(accelerator)  # one process, no sharding: fine
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(RuntimeError, match=r"2 processes were launched .* pass `--cpu true`"):
+        loop.check_launch(accelerator)
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    with pytest.raises(RuntimeError, match="FSDP/DeepSpeed sharding is not supported"):
+        loop.check_launch(accelerator)

@@ -1,11 +1,17 @@
 """The main job, one command: mini corpus -> MFCC baseline -> MoLEx training -> evaluation -> expert analysis.
 
     python -m training.main_job [--config configs/tiny.yaml] [--output_dir outputs/main] [--rebuild_corpus]
+    python -m training.main_job --pretrain [--pretrain_minutes 60]   # re-create the SSL encoder first
 
-Everything runs offline on CPU in a few minutes. It builds the mini corpus (ASVspoof 5 layout) unless it exists,
-trains a small MoLEx on a tiny random backbone (no pretrained weights can be downloaded here), scores dev and the
-eval attacks (known methods and unseen ones) once with the best model, compares with the MFCC baseline, draws the
-expert-usage heatmap and leaves `OUTPUT_DIR/model`, the folder the demo (`python space_app/app.py`) serves.
+Everything runs offline on CPU. It builds the mini corpus (ASVspoof 5 layout) unless it exists, trains a small
+MoLEx on the frozen SSL encoder the config names (by default `training/encoders/molex_ssl_tiny`, pretrained in this
+project on the corpus's train audio: see its RECIPE.md), scores dev and the eval attacks (known methods and unseen
+ones) once with the best model, compares with the MFCC baseline, draws the expert-usage heatmap and leaves
+`OUTPUT_DIR/model`, the folder the demo (`python space_app/app.py`) serves.
+
+`--pretrain` first re-runs the encoder's recipe (`python -m training.pretrain_ssl --config configs/ssl_tiny.yaml`)
+on this job's corpus into `OUTPUT_DIR/ssl_pretraining/encoder` and trains MoLEx on that encoder instead; it takes
+about an hour of CPU (`--pretrain_minutes` caps it), which is why the shipped encoder exists.
 """
 
 import argparse
@@ -13,7 +19,7 @@ import json
 import time
 from pathlib import Path
 
-from training import train
+from training import pretrain_ssl, train
 from training.analysis import analyze_experts
 from training.baselines import mfcc as baseline_mfcc
 from training.corpus import make_mini_corpus
@@ -63,6 +69,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--rebuild_corpus", action="store_true")
     parser.add_argument("--per_attack", type=int, default=100, help="mini corpus clips per attack")
     parser.add_argument("--bonafide_per_split", type=int, default=200, help="mini corpus bona fide clips per split")
+    parser.add_argument("--pretrain", action="store_true", help="re-create the SSL encoder (configs/ssl_tiny.yaml)")
+    parser.add_argument("--pretrain_config", default="configs/ssl_tiny.yaml")
+    parser.add_argument("--pretrain_minutes", type=float, help="cap on the pretraining wall time (default: recipe's)")
+    parser.add_argument("--pretrain_steps", type=int, help="pretraining steps (default: the recipe's)")
     parser.add_argument("--train_args", nargs=argparse.REMAINDER, default=[], help="extra train.py overrides")
     args = parser.parse_args(argv)
     started = time.time()
@@ -78,6 +88,19 @@ def main(argv: list[str] | None = None) -> dict:
             raise RuntimeError(f"building the mini corpus in {corpus} failed (its error is printed above)")
     else:
         print(f"[1/5] mini corpus already in {corpus}")
+    backbone = config.get("backbone", "tiny-random")
+    if args.pretrain:
+        print(f"[1b/5] re-creating the SSL encoder with {args.pretrain_config}")
+        pretrain_argv = ["--config", args.pretrain_config, "--corpus_dir", str(corpus)]
+        pretrain_argv += ["--output_dir", str(output_dir / "ssl_pretraining"), "--resume", "true"]
+        pretrain_argv += ["--pool_dir", str(output_dir / "ssl_pretraining" / "pool")]
+        if args.pretrain_minutes is not None:
+            pretrain_argv += ["--max_minutes", str(args.pretrain_minutes)]
+        if args.pretrain_steps is not None:
+            pretrain_argv += ["--max_steps", str(args.pretrain_steps)]
+        pretrain_ssl.main(pretrain_argv)
+        backbone = str(output_dir / "ssl_pretraining" / "encoder")
+    print(f"    encoder: {backbone}")
     print("[2/5] MFCC + logistic regression baseline")
     if baseline_mfcc.main([str(corpus), "--out", str(output_dir / "baseline_mfcc.json")]) != 0:
         raise RuntimeError(f"the MFCC baseline failed on {corpus} (its error is printed above)")
@@ -90,6 +113,8 @@ def main(argv: list[str] | None = None) -> dict:
         str(output_dir),
         "--data_root",
         str(corpus),
+        "--backbone",
+        backbone,
         *args.train_args,
     ]
     molex = train.main(train_argv)

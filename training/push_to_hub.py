@@ -27,6 +27,7 @@ import httpx2
 from huggingface_hub import CommitInfo, HfApi, constants, get_token, hf_hub_download
 from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError
 
+from modeling_molex.adapter_config import LEGACY_PACK_CONFIG_NAME, PACK_CONFIG_NAME
 from modeling_molex.hub_upload import (
     PushError,
     check_no_local_paths,
@@ -47,7 +48,7 @@ from training.hub.model_card import (
 
 MODEL_TYPE = "molex"
 CARD_FIGURES = ("expert_usage", "det")  # figures of results.json that the card shows
-PACK_FILES = ("adapter_config.json", "index.json", "router.safetensors")
+PACK_FILES = ("index.json", "router.safetensors")  # plus the pack config, see _pack_config_name
 # Remote files a push owns: stale ones (e.g. an expert dropped since the last push) are deleted in the same commit.
 MANAGED_PREFIXES = {"model": ("experts/", "figures/"), "pack": ("expert_", "figures/")}
 MANAGED_SUFFIXES = {"model": (".safetensors", ".py", ".safetensors.index.json"), "pack": ()}
@@ -67,8 +68,13 @@ def _pack_dir(model_dir: Path) -> tuple[Path, bool]:
     return model_dir, False
 
 
+def _pack_config_name(pack_dir: Path) -> str:
+    """`molex_pack_config.json`, or `adapter_config.json` in packs saved before the rename."""
+    return LEGACY_PACK_CONFIG_NAME if not (pack_dir / PACK_CONFIG_NAME).is_file() else PACK_CONFIG_NAME
+
+
 def _check_pack(pack_dir: Path) -> dict:
-    for name in PACK_FILES:
+    for name in (_pack_config_name(pack_dir), *PACK_FILES):
         if not (pack_dir / name).is_file():
             raise PushError(f"{pack_dir}: not an expert pack, `{name}` is missing (write it with save_pretrained)")
     index = _read_json(pack_dir / "index.json")
@@ -146,6 +152,7 @@ def stage(
     pack_root.mkdir(parents=True, exist_ok=True)
     for name in PACK_FILES:  # index.json is rewritten below, enriched
         shutil.copy2(pack_dir / name, pack_root / name)
+    shutil.copy2(pack_dir / _pack_config_name(pack_dir), pack_root / PACK_CONFIG_NAME)
     for entry in index["experts"]:
         shutil.copytree(pack_dir / entry["name"], pack_root / entry["name"])
     scrub_folder(staging)  # local paths out of config.json, train_config.yaml, experts/*, before the card reads them
@@ -162,7 +169,7 @@ def stage(
                 (staging / "figures").mkdir(exist_ok=True)
                 figures[name] = f"figures/{source.name}"
                 shutil.copy2(source, staging / figures[name])
-    card_config = config if not experts_only else {"adapter": _read_json(pack_root / "adapter_config.json")}
+    card_config = config if not experts_only else {"adapter": _read_json(pack_root / PACK_CONFIG_NAME)}
     try:
         card = render_card(
             index,
@@ -209,9 +216,8 @@ def _remote_json(api: HfApi, repo_id: str, filename: str, revision: str, cache_d
 def _check_remote(api: HfApi, repo_id: str, experts_only: bool, revision: str, remote: set[str], tmp: str) -> None:
     """Refuse to push over a repo holding something else (another model type, a model vs a pack)."""
     config = _remote_json(api, repo_id, "config.json", revision, tmp) if "config.json" in remote else None
-    adapter = (
-        _remote_json(api, repo_id, "adapter_config.json", revision, tmp) if "adapter_config.json" in remote else None
-    )
+    adapter_file = next((n for n in (PACK_CONFIG_NAME, LEGACY_PACK_CONFIG_NAME) if n in remote), None)
+    adapter = _remote_json(api, repo_id, adapter_file, revision, tmp) if adapter_file else None
     if experts_only and config is not None:
         raise PushError(
             f"{repo_id} holds a model (model_type {config.get('model_type')!r}); push an expert pack to its own repo "

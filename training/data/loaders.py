@@ -38,6 +38,7 @@ from training.data.protocols import (
     read_asvspoof2019_protocol,
     read_in_the_wild_meta,
     read_label_csv,
+    resolve_audio_paths,
 )
 
 
@@ -171,7 +172,7 @@ def load_csv_dataset(
     for row in rows:
         by_split.setdefault(row.pop("split") or split, []).append(row)
     check_unique_ids(rows, csv_path)  # across splits too: one file must not be both train and eval
-    _resolve_paths(rows, csv_path, os.path.abspath(audio_root), absolute_ok=True)
+    resolve_audio_paths(rows, csv_path, os.path.abspath(audio_root), absolute_ok=True)
     return DatasetDict(
         {
             name: _build_split(part, name, csv_path, audio_root, csv_path.name, skip_missing, absolute_ok=True)
@@ -195,40 +196,6 @@ def _find_file(name: str, folders: list[Path]) -> Path:
     raise FileNotFoundError(f"{name} not found in {' or '.join(str(f) for f in folders)}")
 
 
-def _resolve_paths(rows: list[dict], protocol: Path, audio_root: str, absolute_ok: bool) -> None:
-    """Turn each row's audio path into an absolute, normalised path, in place, refusing two kinds of rows.
-
-    - A path that leaves `audio_root` (`../flac_D/D_...`, `/etc/passwd`): a protocol names files *of its split*, and
-      following such a row would silently read another split's audio (dev into train). The check is on the path
-      as written, after `..` is collapsed; symlinks inside the folder are followed as the release may use them.
-      Only a CSV (`absolute_ok`) may name absolute paths anywhere: there the user describes the corpus explicitly.
-    - A file listed twice (under any spelling or utterance id): it would count twice in every metric, and with
-      opposite labels it is a contradiction.
-    """
-    root_prefix = audio_root.rstrip(os.sep) + os.sep
-    first: dict[str, dict] = {}
-    for row in rows:
-        written = row["audio"]
-        path = os.path.normpath(os.path.join(audio_root, written))  # an absolute `written` wins the join
-        if not (absolute_ok and os.path.isabs(written)) and not path.startswith(root_prefix):
-            raise ProtocolError(
-                protocol,
-                row["line"],
-                f"audio {written!r} resolves to {path}, outside the split's audio folder {audio_root}; a protocol "
-                "may only name files inside its own split's folder",
-            )
-        earlier = first.setdefault(path, row)
-        if earlier is not row:
-            clash = " with the opposite label" if earlier["label"] != row["label"] else ""
-            raise ProtocolError(
-                protocol,
-                row["line"],
-                f"{path} is listed again (first on line {earlier['line']} as {earlier['utt_id']!r}){clash}; each "
-                "file may appear once",
-            )
-        row["audio"] = path
-
-
 def _build_split(
     rows: list[dict],
     split: str,
@@ -244,7 +211,7 @@ def _build_split(
     its per-value Python encoding: together they make the 680k-row ASVspoof 5 eval protocol load in seconds.
     """
     check_unique_ids(rows, protocol)
-    _resolve_paths(rows, protocol, os.path.abspath(audio_root), absolute_ok)
+    resolve_audio_paths(rows, protocol, os.path.abspath(audio_root), absolute_ok)
     listings: dict[str, set[str] | None] = {}
     present, missing = [], []
     for row in rows:

@@ -70,7 +70,12 @@ def main(argv: list[str] | None = None) -> None:
     is_pack = not pack_dir.is_dir()
     pack_dir = Path(args.model_dir) if is_pack else pack_dir
     index = json.loads((pack_dir / "index.json").read_text(encoding="utf-8"))
-    config_path = pack_dir / "adapter_config.json" if is_pack else Path(args.model_dir) / "config.json"
+    pack_config = next(
+        n
+        for n in ("molex_pack_config.json", "adapter_config.json")
+        if (pack_dir / n).is_file() or n == "adapter_config.json"
+    )
+    config_path = pack_dir / pack_config if is_pack else Path(args.model_dir) / "config.json"
     config = json.loads(config_path.read_text(encoding="utf-8"))
     config = {"adapter": config} if is_pack else config
     results = load_results(args.results) if args.results else None

@@ -62,6 +62,13 @@ def list_checkpoints(output_dir: str | Path) -> list[Path]:
     return [path for _, path in sorted(found)]
 
 
+def next_iteration(output_dir: str | Path) -> int:
+    """The number of the next checkpoint: after every checkpoint already there (so that a fresh run in a used
+    `output_dir` prunes the old run's checkpoints as older, and `latest` is always this run's)."""
+    numbers = [int(CHECKPOINT_PATTERN.match(p.name).group(1)) for p in list_checkpoints(output_dir)]
+    return max(numbers, default=-1) + 1
+
+
 def resolve_resume_path(output_dir: str | Path, value: str | None) -> Path | None:
     """`None` -> fresh start; `'latest'` -> newest complete checkpoint (or fresh start if none); else that folder."""
     if value is None:
@@ -220,8 +227,6 @@ def load_checkpoint(
             name: json.loads((path / name).read_text(encoding="utf-8")) for name in (OPTIMIZER_JSON, SCHEDULER_FILE)
         }
         read[SCALER_FILE] = json.loads((path / SCALER_FILE).read_text()) if (path / SCALER_FILE).is_file() else None
-        match = CHECKPOINT_PATTERN.match(path.name)
-        read["iteration"] = int(match.group(1)) if match else len(list_checkpoints(path.parent))
         read["has_best"] = (path / BEST_FILE).is_file()
         meta = read
         tensors = {f"model/{k}": v for k, v in load_file(str(path / TRAINABLE_FILE)).items()}
@@ -242,5 +247,4 @@ def load_checkpoint(
     rng_states = meta[RNG_FILE]
     if len(rng_states) == accelerator.num_processes:  # a run resumed on another world size keeps fresh RNGs
         _set_rng_state(rng_states[accelerator.process_index])
-    accelerator.project_configuration.iteration = meta["iteration"] + 1
     return meta[STATE_FILE], (parts["best"] if meta["has_best"] else None)

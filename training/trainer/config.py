@@ -36,6 +36,11 @@ class TrainConfig:
     add_experts: int = _help("Domain adaptation: append this many new experts to `init_from` and train only them.", 0)
     new_pack_name: str | None = _help("Name of the expert pack added by `add_experts` (default pack_<i>).", None)
     train_head: bool = _help("With `add_experts`: also train the back-end (pooling + classifier).", False)
+    trainable: Literal["experts", "head", "full"] = _help(
+        "What trains: 'experts' (MoLEx: experts, routers, back-end); the comparison's baselines keep every expert at "
+        "its zero delta and train 'head' (the back-end on the frozen encoder) or 'full' (back-end + whole encoder).",
+        "experts",
+    )
     num_experts: int = _help("Experts per adapted linear.", 8)
     top_k: int = _help("Experts selected per routing decision.", 2)
     rank: int = _help("LoRA rank of every expert.", 8)
@@ -58,6 +63,11 @@ class TrainConfig:
     head_hidden_size: int = _help("Hidden size of the classification MLP.", 128)
     head_dropout: float = _help("Dropout in the classification MLP.", 0.1)
     class_weights: list[float] | None = _help("Cross-entropy weights [spoof, bonafide]; none when unset.", None)
+    backbone_dropout: float | None = _help(
+        "Override every dropout probability inside the frozen backbone (hidden, attention, activation, feature "
+        "projection); unset keeps the backbone's own. 0 makes training deterministic given the data.",
+        None,
+    )
     gradient_checkpointing: bool = _help("Recompute transformer blocks in backward (less memory, more time).", False)
     checkpoint_every_n_blocks: int = _help(
         "With gradient_checkpointing: recompute only every n-th block (2 halves the extra time; see bench_train).", 1
@@ -120,10 +130,18 @@ class TrainConfig:
                 raise ValueError(f"`{name}` must be >= 0, got {getattr(self, name)}")
         if self.top_k > self.num_experts:
             raise ValueError(f"`top_k` ({self.top_k}) cannot exceed `num_experts` ({self.num_experts})")
+        if self.backbone_dropout is not None and not 0 <= self.backbone_dropout < 1:
+            raise ValueError(f"`backbone_dropout` must be in [0, 1), got {self.backbone_dropout}")
+        if self.backbone_dropout is not None and self.init_from:
+            raise ValueError("`backbone_dropout` applies to a fresh backbone; `init_from` keeps the trained model's")
         if not 0 <= self.warmup_ratio < 1:
             raise ValueError(f"`warmup_ratio` must be in [0, 1), got {self.warmup_ratio}")
         if self.learning_rate <= 0:
             raise ValueError(f"`learning_rate` must be > 0, got {self.learning_rate}")
+        if self.trainable != "experts" and self.init_from:
+            raise ValueError(
+                f"`trainable` {self.trainable!r} builds a baseline from `backbone`; it cannot use `init_from`"
+            )
         if self.add_experts and not self.init_from:
             raise ValueError("`add_experts` needs `init_from` (the trained model to adapt)")
         if self.data_root is None:

@@ -6,6 +6,9 @@ never as pickled objects. With one process every helper returns its input unchan
 """
 
 import json
+import os
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -13,9 +16,12 @@ from accelerate import Accelerator
 from accelerate.utils import broadcast, gather
 
 
+def _bytes_tensor(data: bytes) -> torch.Tensor:
+    return torch.frombuffer(bytearray(data), dtype=torch.uint8) if data else torch.empty(0, dtype=torch.uint8)
+
+
 def _json_bytes(value: Any, accelerator: Accelerator) -> torch.Tensor:
-    data = json.dumps(value).encode("utf-8")
-    return torch.frombuffer(bytearray(data), dtype=torch.uint8).to(accelerator.device)
+    return _bytes_tensor(json.dumps(value).encode("utf-8")).to(accelerator.device)
 
 
 def broadcast_json(value: Any, accelerator: Accelerator) -> Any:
@@ -28,7 +34,7 @@ def broadcast_json(value: Any, accelerator: Accelerator) -> Any:
     if data is None:
         data = torch.empty(int(length.item()), dtype=torch.uint8, device=accelerator.device)
     data = broadcast(data, from_process=0)
-    return json.loads(bytes(data.cpu().tolist()).decode("utf-8"))
+    return json.loads(data.cpu().numpy().tobytes().decode("utf-8"))
 
 
 def gather_json(value: Any, accelerator: Accelerator) -> list[Any]:
@@ -40,7 +46,7 @@ def gather_json(value: Any, accelerator: Accelerator) -> list[Any]:
     padded = torch.zeros(max(lengths), dtype=torch.uint8, device=accelerator.device)
     padded[: data.numel()] = data
     rows = gather(padded).cpu().view(len(lengths), -1)
-    return [json.loads(bytes(row[:n].tolist()).decode("utf-8")) for row, n in zip(rows, lengths, strict=True)]
+    return [json.loads(row[:n].numpy().tobytes().decode("utf-8")) for row, n in zip(rows, lengths, strict=True)]
 
 
 def broadcast_tensors(tensors: dict[str, torch.Tensor] | None, accelerator: Accelerator) -> dict[str, torch.Tensor]:
@@ -59,3 +65,29 @@ def broadcast_tensors(tensors: dict[str, torch.Tensor] | None, accelerator: Acce
             tensor = torch.empty(shape, dtype=getattr(torch, dtype), device=accelerator.device)
         result[name] = broadcast(tensor, from_process=0).cpu()
     return result
+
+
+def share_folder(folder: str | Path, accelerator: Accelerator) -> None:
+    """Give every node the main process's `folder` (small generated files, e.g. the tiny random backbone), when
+    nodes do not share a disk. A node that already has the folder (a shared disk) keeps it; the others get a
+    staged copy renamed into place. transformers' `save_pretrained` writes on global rank 0 only, so files that
+    every node reads must be built on the main process and shared this way."""
+    if accelerator.num_processes == 1:
+        return
+    folder = Path(folder)
+    files = None
+    if accelerator.is_main_process:
+        files = {
+            path.relative_to(folder).as_posix(): _bytes_tensor(path.read_bytes())
+            for path in sorted(folder.rglob("*"))
+            if path.is_file()
+        }
+    files = broadcast_tensors(files, accelerator)
+    if accelerator.is_local_main_process and not accelerator.is_main_process and not folder.exists():
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+        for name, data in files.items():
+            (staging / name).parent.mkdir(parents=True, exist_ok=True)
+            (staging / name).write_bytes(data.numpy().tobytes())
+        os.replace(staging, folder)
+    accelerator.wait_for_everyone()

@@ -11,6 +11,7 @@ import dataclasses
 import importlib.util
 import json
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,14 +19,20 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator, DataLoaderConfiguration, DistributedDataParallelKwargs
-from accelerate.utils import ProjectConfiguration, set_seed
+from accelerate.utils import DistributedType, ProjectConfiguration, set_seed
 from datasets import DatasetDict
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from training.data.loaders import AudioCollator
 from training.metrics.scoring import metrics_for, score_loader
-from training.trainer.checkpointing import load_checkpoint, resolve_resume_path, save_checkpoint, trainable_state
+from training.trainer.checkpointing import (
+    load_checkpoint,
+    next_iteration,
+    resolve_resume_path,
+    save_checkpoint,
+    trainable_state,
+)
 from training.trainer.config import TrainConfig, parse_train_config
 from training.trainer.distributed import broadcast_json
 from training.trainer.finish import finish
@@ -116,6 +123,27 @@ def _trackers(config: TrainConfig) -> list[str] | None:
     return [config.log_with]
 
 
+def check_launch(accelerator: Accelerator) -> None:
+    """Refuse the launches that would otherwise train silently wrong or unsupported.
+
+    - Several launched processes that accelerate runs each alone (CPU without `cpu=True`): duplicate training.
+    - FSDP / DeepSpeed: in accelerate 1.15 `--use_fsdp` takes effect only on GPUs/accelerators (on CPU it silently
+      becomes DDP), and MoLEx checkpoints hold whole trainable tensors, not shards."""
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched > accelerator.num_processes:
+        raise RuntimeError(
+            f"{launched} processes were launched but accelerate runs each of them alone "
+            f"(distributed type {accelerator.distributed_type.value}); on CPU pass `--cpu true`"
+        )
+    sharded = os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
+    sharded |= accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
+    if sharded:
+        raise RuntimeError(
+            "FSDP/DeepSpeed sharding is not supported: MoLEx trains its small expert set with DDP (see README, "
+            "'Several nodes'); launch with --multi_gpu (or --num_machines N) instead of --use_fsdp"
+        )
+
+
 def setup_run(config: TrainConfig) -> Run:
     output_dir = ensure_dir(config.output_dir)
     accelerator = Accelerator(
@@ -129,6 +157,7 @@ def setup_run(config: TrainConfig) -> Run:
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=config.seed),
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=False)],
     )
+    check_launch(accelerator)
     set_seed(config.seed)
     if accelerator.is_main_process:
         config.save(output_dir / "train_config.yaml")
@@ -168,10 +197,12 @@ def restore_or_start(run: Run) -> TrainState:
     """A fresh `TrainState`, or the one of the checkpoint named by `resume_from_checkpoint` (read on the main
     process, which alone holds checkpoints, and broadcast to every rank)."""
     accelerator, config = run.accelerator, run.config
-    path = None
+    found = None
     if accelerator.is_main_process:
         path = resolve_resume_path(run.output_dir, config.resume_from_checkpoint)
-    path = broadcast_json(None if path is None else str(path), accelerator)
+        found = {"path": None if path is None else str(path), "iteration": next_iteration(run.output_dir)}
+    found = broadcast_json(found, accelerator)
+    accelerator.project_configuration.iteration, path = found["iteration"], found["path"]
     if path is None:
         return TrainState()
     state, run.best = load_checkpoint(accelerator, Path(path), run.model, run.optimizer, run.scheduler)
@@ -247,6 +278,7 @@ def train(run: Run, state: TrainState) -> None:
     progress = tqdm(total=run.total_steps, initial=state.global_step, disable=not accelerator.is_main_process)
     gradients_checked = False
     run.log.write({"event": "start", "total_steps": run.total_steps, "num_processes": accelerator.num_processes})
+    accelerator.print(f"distributed: {accelerator.distributed_type.value}, model: {type(run.model).__name__}")
     stop = state.global_step >= run.total_steps or state.patience_exhausted(config.early_stopping_patience)
     while not stop and state.epoch < run.num_epochs:
         run.model.train()

@@ -1,19 +1,23 @@
 """The pieces a training run is assembled from: corpus, model, data loaders and optimizer, from a `TrainConfig`."""
 
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import torch
 from accelerate import Accelerator
 from datasets import Dataset, DatasetDict
 from torch.utils.data import DataLoader
-from transformers import get_scheduler
+from transformers import AutoConfig, get_scheduler
 
-from modeling_molex import MoLExAdapterConfig, MoLExForAudioClassification
+from modeling_molex import MoLExAdapterConfig, MoLExForAudioClassification, TopKRouter
+from modeling_molex.layers import MoLExLinear
 from training.data.audio import ClipPolicy
 from training.data.loaders import AudioCollator, load_asvspoof5, load_asvspoof2019_la, load_csv_dataset
 from training.encoders.tiny_random import build_tiny_backbone
 from training.trainer.config import TINY_RANDOM_BACKBONE, TrainConfig
+from training.trainer.distributed import share_folder
 
 
 # MoLExAdapterConfig field -> TrainConfig field (the training config flattens the adapter's fields).
@@ -76,9 +80,9 @@ def build_model(config: TrainConfig, accelerator: Accelerator) -> MoLExForAudioC
         backbone = config.backbone
         if backbone == TINY_RANDOM_BACKBONE:
             backbone = os.path.join(config.output_dir, "tiny_backbone")
-            if accelerator.is_main_process and not os.path.isfile(os.path.join(backbone, "config.json")):
-                build_tiny_backbone(backbone, config.seed)
-            accelerator.wait_for_everyone()
+            if accelerator.is_main_process:
+                _build_tiny_backbone_once(backbone, config.seed)
+            share_folder(backbone, accelerator)  # nodes need not share a disk
         adapter = MoLExAdapterConfig(**{field: getattr(config, name) for field, name in ADAPTER_FIELDS.items()})
         torch.manual_seed(config.seed)
         model = MoLExForAudioClassification.from_backbone(
@@ -88,6 +92,7 @@ def build_model(config: TrainConfig, accelerator: Accelerator) -> MoLExForAudioC
             head_hidden_size=config.head_hidden_size,
             head_dropout=config.head_dropout,
             class_weights=config.class_weights,
+            backbone_kwargs=backbone_dropout_overrides(backbone, config.backbone_dropout),
         )
     shortest = min_input_samples(model.config.backbone_config)
     if config.crop_samples < shortest:
@@ -95,10 +100,36 @@ def build_model(config: TrainConfig, accelerator: Accelerator) -> MoLExForAudioC
             f"`crop_samples` ({config.crop_samples}) is shorter than one frame of the backbone, whose feature "
             f"encoder needs at least {shortest} samples"
         )
+    if config.trainable != "experts":
+        apply_baseline_scope(model, config.trainable)
     model.config.crop_samples = config.crop_samples  # recorded for scoring code that windows long clips
     if config.gradient_checkpointing:
         model.activation_checkpointing_enable(every_n_layers=config.checkpoint_every_n_blocks)
     return model
+
+
+BACKBONE_DROPOUT_FIELDS = ("hidden_dropout", "attention_dropout", "activation_dropout", "feat_proj_dropout")
+
+
+def backbone_dropout_overrides(backbone: str, dropout: float | None) -> dict[str, float] | None:
+    """`backbone_kwargs` that set every dropout field the backbone's config has to `dropout` (None: no change)."""
+    if dropout is None:
+        return None
+    fields = AutoConfig.from_pretrained(backbone).to_dict()
+    return {name: dropout for name in BACKBONE_DROPOUT_FIELDS if name in fields}
+
+
+def _build_tiny_backbone_once(folder: str, seed: int) -> None:
+    """Build the seeded tiny backbone into `folder` unless it is there; staged and renamed, so that a run killed
+    while building leaves no half-written folder."""
+    if os.path.isfile(os.path.join(folder, "config.json")):
+        return
+    staging = tempfile.mkdtemp(prefix=".tiny_backbone-", dir=os.path.dirname(folder) or ".")
+    try:
+        build_tiny_backbone(staging, seed)
+        os.replace(staging, folder)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def min_input_samples(backbone_config) -> int:
@@ -108,6 +139,33 @@ def min_input_samples(backbone_config) -> int:
     for kernel, stride in reversed(list(zip(backbone_config.conv_kernel, backbone_config.conv_stride, strict=True))):
         field = (field - 1) * stride + kernel
     return field
+
+
+def apply_baseline_scope(model: MoLExForAudioClassification, scope: str) -> None:
+    """The comparison's baselines on the same model and loop: every expert pack frozen at its zero delta, then
+    'head' trains the back-end only (frozen encoder) and 'full' also the whole encoder (full fine-tuning)."""
+    model.config.adapter.frozen_packs = list(model.config.adapter.expert_packs)
+    model.apply_trainability(train_head=True)
+    if scope != "full":
+        return
+    adapters = {
+        id(p) for m in model.backbone.modules() if isinstance(m, (MoLExLinear, TopKRouter)) for p in m.parameters()
+    }
+    for parameter in model.backbone.parameters():
+        if id(parameter) not in adapters:
+            parameter.requires_grad_(True)
+    for module in model.backbone.modules():
+        if hasattr(module, "_requires_grad"):  # the CNN feature encoder: backpropagate through it again
+            module._requires_grad = True
+    # Weights the classifier never reaches (SpecAugment's masked_spec_embed, a final norm the layer sum skips)
+    # would get no gradient: one probe step finds them, and they stay frozen.
+    with torch.random.fork_rng():
+        model.train()
+        model(torch.randn(1, 16_000), labels=torch.ones(1, dtype=torch.long)).loss.backward()
+    for parameter in model.backbone.parameters():
+        if parameter.requires_grad and parameter.grad is None:
+            parameter.requires_grad_(False)
+    model.zero_grad(set_to_none=True)
 
 
 def make_loaders(

@@ -1,0 +1,40 @@
+"""The comparison runner (python -m training.compare) on a tiny synthetic slice: one seed, two steps, every row."""
+
+import json
+
+import yaml
+from train_fixtures import write_synthetic_asvspoof5
+
+from training import compare
+
+
+def test_compare_runs_every_row_on_a_tiny_slice_and_counts_what_each_row_trains(tmp_path):
+    corpus = write_synthetic_asvspoof5(tmp_path / "corpus", per_class=4, seconds=0.5)
+    config = tmp_path / "tiny.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {"backbone": "tiny-random", "data_root": str(corpus), "known_attacks": [], "learning_rate": 0.002,
+             "eval_batch_size": 8, "cpu": True, "output_dir": str(tmp_path / "unused")}
+        )
+    )  # fmt: skip
+    output = tmp_path / "compare"
+    args = ["--config", str(config), "--output_dir", str(output), "--seeds", "0", "--max_steps", "2"]
+    results = compare.main([*args, "--batch_size", "4", "--crop_samples", "8000", "--max_eval_samples", "6"])
+    rows = results["rows"]
+    assert list(rows) == list(compare.ROWS)
+    saved = json.loads((output / "results.json").read_text())
+    assert saved["rows"].keys() == rows.keys() and saved["settings"]["max_steps"] == 2
+    for name, row in rows.items():
+        (run,) = row["runs"]
+        assert run["seed"] == 0 and 0 <= run["dev_eer"] <= 1 and 0 <= run["eval_unseen_eer"] <= 1, name
+        assert row["summary"]["dev_eer"]["std"] == 0.0  # one seed
+    params = {name: row["runs"][0]["trainable_parameters"] for name, row in rows.items()}
+    assert params["frozen_backend"] < params["molex_e4k1"] < params["molex_e8k2"] == params["molex_e8k2_no_orth"]
+    # Same LoRA budget: one rank-64 expert holds as many weights as eight rank-8 ones (routers aside).
+    assert abs(params["single_lora"] - params["molex_e8k2"]) < 0.02 * params["molex_e8k2"]
+    assert params["full_finetune"] > params["frozen_backend"]  # + the encoder's own weights
+    # Every neural row of a seed is scored on the same dev subset, and MFCC + LR on that subset too.
+    dev_ids = {name: (output / name / "seed0" / "scores").glob("*dev*") for name in rows if name != "mfcc_lr"}
+    assert all(list(files) for files in dev_ids.values())
+    table = (output / "table.md").read_text().splitlines()
+    assert len(table) == 2 + len(compare.ROWS) and "± 0.0" in table[2]

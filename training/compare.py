@@ -1,0 +1,233 @@
+"""The paper's comparison in miniature, on one encoder, one corpus, one step budget and several seeds.
+
+    python -m training.compare [--config configs/tiny.yaml] [--seeds 0 1 2] [--max_steps 120] \\
+        [--output_dir outputs/compare] [--corpus_dir DIR] [--rows molex_e8k2 single_lora ...]
+
+Rows: MFCC + LR; the frozen encoder with only the back-end; a single LoRA with MoLEx E=8, k=2's trainable budget
+(rank E x r, one expert); MoLEx E=8, k=2 with and without the orthogonality loss; MoLEx E=4, k=1; full fine-tuning
+of the encoder (experts kept at zero). Every neural row runs `training.train` (the one training path) with the same
+crops, batch, steps and seeds; only the row's overrides differ. Dev and eval are seeded subsets (`--max_eval_samples`,
+the same subset for every row of a seed), and MFCC + LR is scored on exactly those subsets.
+Writes OUTPUT_DIR/results.json (every run and the mean +- std per row) and OUTPUT_DIR/table.md.
+"""
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+from accelerate import Accelerator
+
+from training import train
+from training.baselines.mfcc import features
+from training.data.loaders import audio_paths, load_asvspoof5
+from training.metrics.asvspoof_metrics import compute_metrics
+from training.metrics.calibration import fit_logistic_regression
+from training.trainer.config import load_yaml_config, parse_train_config
+from training.trainer.run_setup import build_model, load_corpus
+
+
+ROWS = {
+    "mfcc_lr": ("MFCC + LR", None),
+    "frozen_backend": ("frozen encoder, back-end only", {"trainable": "head"}),
+    "single_lora": ("single LoRA, MoLEx E8 k2 budget", {"num_experts": 1, "top_k": 1, "rank": 64}),
+    "molex_e8k2": ("MoLEx E=8, k=2", {"num_experts": 8, "top_k": 2, "rank": 8}),
+    "molex_e8k2_no_orth": ("MoLEx E=8, k=2, no orthogonality loss", {"num_experts": 8, "top_k": 2, "rank": 8,
+                                                                    "orthogonality_coef": 0.0}),
+    "molex_e4k1": ("MoLEx E=4, k=1", {"num_experts": 4, "top_k": 1, "rank": 8}),
+    "full_finetune": ("full fine-tuning (encoder + back-end)", {"trainable": "full"}),
+}  # fmt: skip
+COLUMNS = ("dev_eer", "dev_min_dcf", "eval_known_eer", "eval_unseen_eer", "trainable_parameters", "train_seconds")
+
+
+def _argv(overrides: dict) -> list[str]:
+    argv = []
+    for key, value in overrides.items():
+        argv += [f"--{key}", *(map(str, value) if isinstance(value, list) else [str(value)])]
+    return argv
+
+
+def trainable_parameters(argv: list[str]) -> int:
+    """Built the way training builds it (same config), then counted: what the row really trains."""
+    config = parse_train_config(argv)
+    model = build_model(config, Accelerator(cpu=True))
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def run_neural(row: str, seed: int, base_argv: list[str], output_dir: Path) -> dict:
+    argv = [
+        *base_argv,
+        *_argv(ROWS[row][1]),
+        "--seed",
+        str(seed),
+        "--output_dir",
+        str(output_dir / row / f"seed{seed}"),
+    ]
+    count = trainable_parameters(argv)
+    started = time.time()
+    results = train.main(argv)
+    metrics = results["metrics"]
+    return {
+        "dev_eer": metrics["dev"]["eer"],
+        "dev_min_dcf": metrics["dev"]["min_dcf"],
+        "eval_known_eer": (metrics.get("eval_known_attacks") or {}).get("eer"),
+        "eval_unseen_eer": (metrics.get("eval_unseen_attacks") or {}).get("eer"),
+        "trainable_parameters": count,
+        "train_seconds": round(time.time() - started, 1),
+    }
+
+
+def mfcc_lr_scores(corpus_dir: str, known_attacks: list[str]) -> dict:
+    """The project's MFCC baseline (training.baselines.mfcc features + logistic regression), fit on all of train;
+    scores per utterance id, so each seed's subset can be scored."""
+    started = time.time()
+    data = load_asvspoof5(corpus_dir, splits=("train", "dev", "eval"))
+    matrices = {split: features(audio_paths(data[split]), ["mfcc"]) for split in data}
+    mean, std = matrices["train"].mean(axis=0), matrices["train"].std(axis=0) + 1e-8
+    weights, bias = fit_logistic_regression(
+        (matrices["train"] - mean) / std, np.asarray(data["train"]["label"]), l2=1.0
+    )
+    scores = {
+        split: dict(
+            zip(data[split]["utt_id"], ((matrices[split] - mean) / std @ weights + bias).tolist(), strict=True)
+        )
+        for split in ("dev", "eval")
+    }
+    trained_on = set(data["train"]["attack"]) - {"bonafide"}
+    return {
+        **scores,
+        "known_attacks": sorted(trained_on | set(known_attacks)),
+        "parameters": int(weights.size + 1),
+        "seconds": round(time.time() - started, 1),
+    }
+
+
+def run_mfcc(seed: int, base_argv: list[str], mfcc_scores: dict) -> dict:
+    """MFCC + LR (deterministic) scored on the seed's dev / eval subsets, the ones the neural rows saw."""
+    config = parse_train_config([*base_argv, "--seed", str(seed)])
+    corpus = load_corpus(config)
+    known = set(mfcc_scores["known_attacks"])
+    row = {"trainable_parameters": mfcc_scores["parameters"], "train_seconds": mfcc_scores["seconds"]}
+    for split in ("dev", "eval"):
+        ids = corpus[split]["utt_id"]
+        scores = np.array([mfcc_scores[split][i] for i in ids])
+        labels = np.asarray(corpus[split]["label"])
+        attacks = np.asarray(corpus[split]["attack"])
+        if split == "dev":
+            metrics = compute_metrics(scores, labels)
+            row |= {"dev_eer": metrics["eer"], "dev_min_dcf": metrics["min_dcf"]}
+            continue
+        for name, keep in (("known", np.isin(attacks, list(known))), ("unseen", ~np.isin(attacks, list(known)))):
+            chosen = (labels == 1) | ((labels == 0) & keep)
+            ok = (labels[chosen] == 0).any() and (labels[chosen] == 1).any()
+            row[f"eval_{name}_eer"] = compute_metrics(scores[chosen], labels[chosen])["eer"] if ok else None
+    return row
+
+
+def summarise(runs: list[dict]) -> dict:
+    summary = {}
+    for column in COLUMNS:
+        values = [r[column] for r in runs if r.get(column) is not None]
+        if values:
+            summary[column] = {
+                "mean": statistics.fmean(values),
+                "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+            }
+    return summary
+
+
+def _cell(summary: dict, column: str, scale: float = 100.0, digits: int = 1) -> str:
+    if column not in summary:
+        return "n/a"
+    return f"{scale * summary[column]['mean']:.{digits}f} ± {scale * summary[column]['std']:.{digits}f}"
+
+
+def table(rows: dict[str, dict]) -> str:
+    lines = [
+        "| system | dev EER (%) | dev minDCF | eval EER known (%) | eval EER unseen (%) | trainable params | train time (s) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for key, entry in rows.items():
+        s = entry["summary"]
+        params = f"{int(s['trainable_parameters']['mean']):,}" if "trainable_parameters" in s else "n/a"
+        lines.append(
+            f"| {ROWS[key][0]} | {_cell(s, 'dev_eer')} | {_cell(s, 'dev_min_dcf', 1.0, 3)} | "
+            f"{_cell(s, 'eval_known_eer')} | {_cell(s, 'eval_unseen_eer')} | {params} | "
+            f"{_cell(s, 'train_seconds', 1.0, 0)} |"
+        )
+    return "\n".join(lines)
+
+
+def merge_results(folders: list[Path], output_dir: Path) -> dict:
+    """One results.json and table.md from runs that split the rows over processes (same settings required)."""
+    parts = [json.loads((folder / "results.json").read_text()) for folder in folders]
+    settings = {k: v for k, v in parts[0]["settings"].items()}
+    for folder, part in zip(folders, parts, strict=True):
+        if part["settings"] != settings:
+            raise ValueError(f"{folder}/results.json was run with other settings: {part['settings']} != {settings}")
+    rows = {name: row for part in parts for name, row in part["rows"].items()}
+    results = {"settings": settings, "rows": {name: rows[name] for name in ROWS if name in rows}}
+    (output_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    text = table(results["rows"])
+    (output_dir / "table.md").write_text(text + "\n")
+    print(text)
+    return results
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default="configs/tiny.yaml")
+    parser.add_argument("--output_dir", default="outputs/compare")
+    parser.add_argument("--corpus_dir", help="default: the config's data_root")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--rows", nargs="+", choices=list(ROWS), default=list(ROWS))
+    parser.add_argument("--max_steps", type=int, default=120, help="the step budget of every neural row")
+    parser.add_argument("--crop_samples", type=int, default=16000)
+    parser.add_argument("--batch_size", type=int, default=16)
+    parser.add_argument("--max_eval_samples", type=int, default=300, help="seeded dev / eval subset per seed")
+    parser.add_argument("--full_finetune_lr_scale", type=float, default=0.25, help="full FT LR = config LR x this")
+    parser.add_argument("--train_args", nargs=argparse.REMAINDER, default=[], help="extra train.py overrides")
+    parser.add_argument(
+        "--merge_from", nargs="+", help="only merge the results.json of runs split over processes (by --rows)"
+    )
+    args = parser.parse_args(argv)
+    output_dir = Path(args.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    if args.merge_from:
+        return merge_results([Path(folder) for folder in args.merge_from], output_dir)
+    config = load_yaml_config(args.config)
+    corpus_dir = args.corpus_dir or config["data_root"]
+    base = {"data_root": corpus_dir, "max_steps": args.max_steps, "crop_samples": args.crop_samples}
+    base |= {"batch_size": args.batch_size, "max_eval_samples": args.max_eval_samples, "eval_every_steps": 0}
+    base |= {"early_stopping_patience": 0, "log_with": "none", "save_total_limit": 1, "calibrate": False}
+    base_argv = ["--config", args.config, *_argv(base), *args.train_args]
+    ROWS["full_finetune"][1]["learning_rate"] = config.get("learning_rate", 1e-4) * args.full_finetune_lr_scale
+    results: dict = {"settings": {**base, "config": args.config, "seeds": args.seeds}, "rows": {}}
+    known = list(config.get("known_attacks") or [])
+    mfcc_scores = mfcc_lr_scores(corpus_dir, known) if "mfcc_lr" in args.rows else None
+    for row in args.rows:
+        runs = []
+        for seed in args.seeds:
+            if row == "mfcc_lr":
+                run = run_mfcc(seed, base_argv, mfcc_scores)
+            else:
+                run = run_neural(row, seed, base_argv, output_dir)
+            runs.append({"seed": seed, **run})
+            print(f"[compare] {row} seed {seed}: {json.dumps(run)}", flush=True)
+        results["rows"][row] = {
+            "label": ROWS[row][0],
+            "overrides": ROWS[row][1],
+            "runs": runs,
+            "summary": summarise(runs),
+        }
+        (output_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")  # partial results survive
+    text = table(results["rows"])
+    (output_dir / "table.md").write_text(text + "\n")
+    print(text)
+    return results
+
+
+if __name__ == "__main__":
+    main()
