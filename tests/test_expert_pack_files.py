@@ -64,10 +64,10 @@ def test_saving_over_an_existing_pack_replaces_it_whole(tmp_path):
     (target / "stale.txt").write_text("left by someone")
     assert model.save_experts(target, names=["extra"]) == ["expert_3", "expert_4"]
     assert sorted(os.listdir(target)) == [
-        "adapter_config.json",
         "expert_3",
         "expert_4",
         "index.json",
+        "molex_pack_config.json",
         "router.safetensors",
     ]
     assert os.listdir(tmp_path) == ["pack"]  # no staging or retired folders left beside it
@@ -85,7 +85,7 @@ def test_a_saved_model_folder_is_found_as_a_pack_and_a_plain_folder_is_refused(t
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(
-        FileNotFoundError, match=r"empty: no expert pack \(index.json \+ adapter_config.json\) here or"
+        FileNotFoundError, match=r"empty: no expert pack \(index.json \+ molex_pack_config.json\) here or in experts/"
     ):
         host.load_experts(empty)
     (empty / "index.json").write_text("{}")  # one of the two files is not a pack

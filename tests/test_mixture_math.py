@@ -112,9 +112,9 @@ def test_every_expert_linear_outputs_base_plus_scaled_gated_sum(granularity, sco
 
 
 def test_disabled_experts_leave_exactly_the_base_linear():
-    """`experts_disabled()` (used to compare with the frozen backbone) removes the whole delta, nothing else."""
+    """`disable_adapter()` (as peft's: compare with the frozen backbone) removes the whole delta, nothing else."""
     model = build("utterance", "block", 2)
-    with model.experts_disabled():
+    with model.disable_adapter():
         captured = record_real_forward(model, random_audio(1, 3000, seed=1))
     for path, record in captured.items():
         layer = model.expert_layers()[path]
