@@ -88,6 +88,7 @@ def test_bench_molex_builder_gives_the_experts_a_non_zero_delta():
     assert not torch.allclose(with_experts, without)
 
 
+@pytest.mark.slow
 def test_bench_long_audio_scores_each_length_in_its_own_process_and_sweeps_batch_sizes(capsys):
     report = bench_long_audio.main(
         [

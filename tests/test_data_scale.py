@@ -59,6 +59,7 @@ def test_collator_batches_the_synthetic_split_with_a_worker(scale_root):
     assert batch["input_values"].shape == (BATCH, CROP) and batch["labels"].tolist()[:2] == [1, 0]
 
 
+@pytest.mark.slow
 def test_bench_load_measurement_runs_in_a_fresh_process(scale_root):
     result = measure_load(scale_root, trace=True)
     assert result["rows"] == ROWS and result["table"] == "pyarrow.lib.Table"

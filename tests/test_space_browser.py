@@ -140,6 +140,7 @@ def test_non_audio_upload_shows_a_message_then_the_page_still_works(served, page
     expect(page.get_by_text("Clip: 1.00 s at 16000 Hz")).to_be_visible()
 
 
+@pytest.mark.slow
 def test_microphone_recording_through_a_fake_capture_device_is_scored(served, playwright, tmp_path):
     """Chromium's fake media stream plays a speech-like file into the microphone widget: record, stop, detect."""
     capture = tmp_path / "fake_microphone.wav"
