@@ -62,6 +62,7 @@ def test_empty_reference_split_and_unknown_known_attacks_are_clear_errors(tmp_pa
         analyze(str(tmp_path / "model"), str(corpus), "eval", "train", str(tmp_path / "a"))
 
 
+@pytest.mark.slow
 def test_the_signatures_give_the_demo_the_novelty_the_analysis_computed(tmp_path):
     corpus = write_synthetic_asvspoof5(tmp_path / "corpus", per_class=3)
     model = saved_model(tmp_path)
@@ -74,6 +75,7 @@ def test_the_signatures_give_the_demo_the_novelty_the_analysis_computed(tmp_path
     del model
 
 
+@pytest.mark.slow
 def test_analysis_end_to_end_on_a_small_corpus(tmp_path):
     corpus = write_synthetic_asvspoof5(tmp_path / "corpus", per_class=4)
     torch.manual_seed(0)

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from bench import bench_experts, bench_inference, bench_long_audio
@@ -16,6 +17,7 @@ from bench.common import backbone_config, build_molex
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.slow
 def test_bench_gpu_runs_on_cpu_in_the_tiny_shape_and_its_correctness_checks_pass(tmp_path):
     report_path = tmp_path / "report.json"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HOME": str(tmp_path / "hf_home"), "HF_HUB_OFFLINE": "1"}
@@ -86,6 +88,7 @@ def test_bench_molex_builder_gives_the_experts_a_non_zero_delta():
     assert not torch.allclose(with_experts, without)
 
 
+@pytest.mark.slow
 def test_bench_long_audio_scores_each_length_in_its_own_process_and_sweeps_batch_sizes(capsys):
     report = bench_long_audio.main(
         [

@@ -64,18 +64,27 @@ def test_apply_calibration_is_affine_and_none_is_identity():
     scores = [0.0, 1.0, -2.0]
     np.testing.assert_array_equal(apply_calibration(scores, None), np.array(scores))
     np.testing.assert_allclose(apply_calibration(scores, {"scale": 2.0, "bias": -1.0}), [-1.0, 1.0, -5.0])
-    assert apply_calibration(scores, None).dtype == np.float64
+    assert apply_calibration([0, 1, 2], None).dtype == np.float64  # integer scores come back as float64 LLRs
+
+
+def test_fit_computes_in_float64_whatever_the_input_dtype():
+    """float32 scores (a model's output) give the very same calibration as their float64 copy."""
+    scores, labels = gaussian_scores(1.0, -1.0, 1.0, 500, 500, seed=4)
+    low = scores.astype(np.float32)
+    from_float32 = fit_llr_calibration(low, labels)
+    from_float64 = fit_llr_calibration(low.astype(np.float64), labels)
+    assert from_float32 == from_float64
 
 
 @pytest.mark.parametrize(
     ("scores", "labels", "message"),
     [
-        ([0.0, 1.0], [1], "1-D of equal length"),
-        ([[0.0, 1.0]], [[1, 0]], "1-D of equal length"),
-        ([0.0, 1.0], [1, 1], "both bona fide and spoof"),
-        ([0.0, 1.0], [0, 0], "both bona fide and spoof"),
-        ([0.0, np.inf], [0, 1], "finite"),
-        ([np.nan, 1.0], [0, 1], "finite"),
+        ([0.0, 1.0], [1], "^scores and labels must be 1-D of equal length"),
+        ([[0.0, 1.0]], [[1, 0]], "^scores and labels must be 1-D of equal length"),
+        ([0.0, 1.0], [1, 1], "^calibration needs both bona fide and spoof scores$"),
+        ([0.0, 1.0], [0, 0], "^calibration needs both bona fide and spoof scores$"),
+        ([0.0, np.inf], [0, 1], "^calibration scores must be finite$"),
+        ([np.nan, 1.0], [0, 1], "^calibration scores must be finite$"),
     ],
 )
 def test_bad_inputs_are_refused_with_the_reason(scores, labels, message):

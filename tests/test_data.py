@@ -477,6 +477,7 @@ def test_collator_raises_on_bad_clip_by_default(asvspoof5_root, tmp_path):
         AudioCollator()([row])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("num_workers, context", [(0, None), (2, "fork"), (2, "spawn")])
 def test_collator_skip_drops_and_counts_bad_clips(asvspoof5_root, tmp_path, num_workers, context):
     good = load_asvspoof5(asvspoof5_root, splits=("dev",))["dev"]

@@ -21,6 +21,7 @@ def scale_root(tmp_path_factory):
     return write_asvspoof5_scale(tmp_path_factory.mktemp("asvspoof5_scale"), ROWS, real_files=3, seconds=1.0)
 
 
+@pytest.mark.slow
 def test_synthetic_protocol_loads_every_row_into_arrow(scale_root):
     data = load_asvspoof5(scale_root, splits=("train",))["train"]
     assert len(data) == ROWS and data.column_names == list(FEATURES)
@@ -32,6 +33,7 @@ def test_synthetic_protocol_loads_every_row_into_arrow(scale_root):
     assert data[7]["codec"] == "C08" and data[7]["codec_seed"] == "T_0000000006"
 
 
+@pytest.mark.slow
 def test_loaded_split_keeps_no_per_row_python_objects(scale_root):
     load_asvspoof5(scale_root, splits=("train",))  # warm imports and caches outside the measurement
     gc.collect()
@@ -48,6 +50,7 @@ def test_loaded_split_keeps_no_per_row_python_objects(scale_root):
     assert peak > kept  # the rows existed while parsing, and were freed
 
 
+@pytest.mark.slow
 def test_collator_batches_the_synthetic_split_with_a_worker(scale_root):
     data = load_asvspoof5(scale_root, splits=("train",))["train"]
     assert collate_speed(data, workers=1, batches=1) > 0  # runs a real worker; the value itself is not checked
@@ -56,6 +59,7 @@ def test_collator_batches_the_synthetic_split_with_a_worker(scale_root):
     assert batch["input_values"].shape == (BATCH, CROP) and batch["labels"].tolist()[:2] == [1, 0]
 
 
+@pytest.mark.slow
 def test_bench_load_measurement_runs_in_a_fresh_process(scale_root):
     result = measure_load(scale_root, trace=True)
     assert result["rows"] == ROWS and result["table"] == "pyarrow.lib.Table"

@@ -27,6 +27,7 @@ def save_tiny_model(folder, calibration=None) -> str:
     return str(folder)
 
 
+@pytest.mark.slow
 def test_evaluate_model_writes_scores_and_uses_the_stored_calibration(tmp_path):
     corpus = write_synthetic_asvspoof5(tmp_path / "corpus", per_class=3)
     raw = evaluate_model(save_tiny_model(tmp_path / "raw"), str(corpus), split="eval", output_dir=str(tmp_path / "a"))
@@ -51,6 +52,7 @@ def test_evaluate_model_on_in_the_wild(tmp_path):
     assert result["metrics"]["num_bonafide"] >= 1 and result["metrics"]["num_spoof"] >= 1
 
 
+@pytest.mark.slow
 def test_domain_adaptation_reports_old_and_new_domain_before_and_after(tmp_path):
     corpus = write_synthetic_asvspoof5(tmp_path / "corpus", per_class=16)
     base = save_tiny_model(tmp_path / "base")

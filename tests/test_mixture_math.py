@@ -112,10 +112,30 @@ def test_every_expert_linear_outputs_base_plus_scaled_gated_sum(granularity, sco
 
 
 def test_disabled_experts_leave_exactly_the_base_linear():
-    """`experts_disabled()` (used to compare with the frozen backbone) removes the whole delta, nothing else."""
+    """`disable_adapter()` (as peft's: compare with the frozen backbone) removes the whole delta, nothing else."""
     model = build("utterance", "block", 2)
-    with model.experts_disabled():
+    with model.disable_adapter():
         captured = record_real_forward(model, random_audio(1, 3000, seed=1))
     for path, record in captured.items():
         layer = model.expert_layers()[path]
         torch.testing.assert_close(record["y"], record["x"] @ layer.base_layer.weight.T + layer.base_layer.bias)
+
+
+def test_two_frame_clip_with_token_routing_is_routed_per_frame():
+    """A clip of exactly 2 frames with token routing: each frame keeps its own experts (not the first frame's)."""
+    model = build("token", "block", 1)
+    scaling = model.config.adapter.lora_alpha / model.config.adapter.r
+    audio = random_audio(2, 35, seed=2)  # 35 samples -> 6 -> 2 frames through the tiny CNN
+    captured = record_real_forward(model, audio)
+    differs = False
+    for path, record in captured.items():
+        layer = model.expert_layers()[path]
+        x = record["x"]
+        assert x.shape[1] == 2
+        gates = hand_gates(record["block_input"], router_for(model, path, "block"), 1)
+        differs |= bool((gates[:, 0] != gates[:, 1]).any())
+        lora_a, lora_b = layer.stacked_lora_a().detach(), layer.stacked_lora_b().detach()
+        mixture = sum(gates[..., e : e + 1] * ((x @ lora_a[e].T) @ lora_b[e]) for e in range(NUM_EXPERTS))
+        expected = x @ layer.base_layer.weight.T + layer.base_layer.bias + scaling * mixture
+        torch.testing.assert_close(record["y"], expected, atol=2e-5, rtol=1e-4)
+    assert differs, "the two frames must choose different experts somewhere for this test to bite"

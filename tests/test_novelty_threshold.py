@@ -7,6 +7,7 @@ in routing_signatures.json (what the demo flags with) must equal the 95th percen
 import json
 
 import numpy as np
+import pytest
 import torch
 from conftest import randomize_experts, tiny_backbone_config
 from train_fixtures import write_synthetic_asvspoof5
@@ -15,6 +16,7 @@ from modeling_molex import MoLExAdapterConfig, MoLExConfig, MoLExForAudioClassif
 from training.analysis.analyze_experts import SIGNATURES_FILE, analyze
 
 
+@pytest.mark.slow  # a full analysis run (scoring a small corpus)
 def test_threshold_is_the_95th_percentile_of_reference_novelty(tmp_path):
     corpus = write_synthetic_asvspoof5(tmp_path / "corpus", per_class=5)
     torch.manual_seed(0)  # a seed whose windowed novelty scores are spread out (see the asserts)
@@ -30,7 +32,7 @@ def test_threshold_is_the_95th_percentile_of_reference_novelty(tmp_path):
     rows = (tmp_path / "out" / "routing_signatures_train.tsv").read_text().splitlines()[1:]
     novelty = np.array([float(row.split("\t")[3]) for row in rows])
     ordered = np.sort(novelty)
-    assert len(novelty) == 10 and ordered[-1] - ordered[-2] > 0.01, f"scores too alike for this test: {ordered}"
+    assert len(novelty) == 10 and ordered[-1] - ordered[-2] > 0.003, f"scores too alike for this test: {ordered}"
     p95, p50 = np.percentile(novelty, 95), np.percentile(novelty, 50)
     assert p95 - p50 > 0.02, f"scores too alike to tell percentiles apart: {ordered}"
     threshold = json.loads((tmp_path / "model" / SIGNATURES_FILE).read_text())["threshold"]

@@ -5,6 +5,7 @@ import json
 import textwrap
 
 import numpy as np
+import pytest
 import torch
 from conftest import random_audio, randomize_experts, run_in_fresh_process, tiny_backbone_config
 from safetensors.torch import save_file
@@ -43,6 +44,7 @@ FRESH_PROCESS_SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_remote_code_loads_in_a_fresh_process_with_identical_logits(tmp_path):
     folders = []
     for family in ("wav2vec2", "hubert", "wavlm"):

@@ -111,3 +111,9 @@ def test_padding_frames_are_not_token_routing_decisions():
     torch.testing.assert_close(with_padding.router_probs, alone.router_probs, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(with_padding.load_balance_loss, alone.load_balance_loss, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(with_padding.router_z_loss, alone.router_z_loss, atol=1e-4, rtol=1e-4)
+
+
+def test_add_pack_creates_rows_on_the_routers_device():
+    router = TopKRouter(6, [3], top_k=2).to("meta")  # any non-CPU device would do; meta needs no hardware
+    router.add_pack(2)
+    assert router.weight[1].device.type == "meta" and router.full_weight().shape == (5, 6)

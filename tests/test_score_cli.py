@@ -145,6 +145,7 @@ print(json.dumps({row["label"]: row["score"] for row in classify(sys.argv[2])}))
 """
 
 
+@pytest.mark.slow
 def test_pipeline_cli_and_demo_give_identical_numbers_for_one_clip(model_dir, corpus, tmp_path):
     clip = corpus["b"]  # stereo, 22.05 kHz: channels, resampling and windows all take part
     run = run_in_fresh_process(PIPELINE_SCRIPT, [str(model_dir), str(clip)], tmp_path)

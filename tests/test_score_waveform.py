@@ -170,6 +170,7 @@ print(json.dumps({"array": by_array, "file": by_file[:2], "windows": len(by_file
 """
 
 
+@pytest.mark.slow
 def test_pipeline_from_a_fresh_process_scores_long_input_in_windows(model, tmp_path):
     import soundfile as sf
 

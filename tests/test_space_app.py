@@ -433,6 +433,7 @@ print(json.dumps({"module": type(result).__module__, "score": result.score}))
 """
 
 
+@pytest.mark.slow
 def test_the_space_runs_any_molex_repo_through_remote_code_alone(space_model_dir, detector, clips, tmp_path):
     """The Space ships without this project: its code plus the model repo's remote code must be enough."""
     run = run_in_fresh_process(

@@ -99,6 +99,7 @@ def upload(page, path: Path) -> None:
     page.locator("input[type=file]").first.set_input_files(str(path))
 
 
+@pytest.mark.slow
 def test_upload_detect_and_read_the_verdict(served, page):
     expected = served["detector"].predict(served["clip"])
     page.goto(served["url"])
@@ -120,6 +121,7 @@ def test_upload_detect_and_read_the_verdict(served, page):
     assert (ARTIFACTS / "space_app_verdict.png").stat().st_size > 10_000
 
 
+@pytest.mark.slow
 def test_non_audio_upload_shows_a_message_then_the_page_still_works(served, page):
     page.goto(served["url"])
     upload(page, served["not_audio"])
@@ -138,6 +140,7 @@ def test_non_audio_upload_shows_a_message_then_the_page_still_works(served, page
     expect(page.get_by_text("Clip: 1.00 s at 16000 Hz")).to_be_visible()
 
 
+@pytest.mark.slow
 def test_microphone_recording_through_a_fake_capture_device_is_scored(served, playwright, tmp_path):
     """Chromium's fake media stream plays a speech-like file into the microphone widget: record, stop, detect."""
     capture = tmp_path / "fake_microphone.wav"

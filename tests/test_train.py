@@ -77,6 +77,7 @@ def test_two_step_run_writes_a_loadable_model_and_results(corpus, tmp_path):
     assert len(refused) == (saved["calibration"] is None)  # a refused calibration is said in the log
 
 
+@pytest.mark.slow
 def test_resume_after_a_hard_kill_continues_like_an_uninterrupted_run(corpus, tmp_path):
     common = ["--max_steps", "4", "--eval_every_steps", "2", "--eval_split", ""]
     uninterrupted = run_script(run_args(corpus, tmp_path / "full", *common))
@@ -138,6 +139,7 @@ def one_process_run(corpus, tmp_path_factory) -> Path:
     return output_dir
 
 
+@pytest.mark.slow
 def test_two_cpu_processes_train_like_one_process(corpus, tmp_path, one_process_run):
     launcher = [*ACCELERATE, "--num_processes", "2", "--num_machines", "1", "--main_process_port", "0"]
     completed = run_script(run_args(corpus, tmp_path, *SAME_STEPS, "--batch_size", "2"), launcher=launcher)
