@@ -1,8 +1,10 @@
 """`MoLExAdapterConfig`: where the LoRA experts go, how many there are and how the router picks them.
 
-It is saved the way peft saves adapter configs (`adapter_config.json`, sorted keys) so that tooling that knows
-PEFT folders recognises it, but it is a plain dataclass: peft cannot register new tuner types, and Hub remote code
-must not need peft to load a model.
+It is saved like a peft adapter config (sorted keys, `peft_type`), but as `molex_pack_config.json`: a file named
+`adapter_config.json` would make peft entry points (`PeftConfig.from_pretrained`, transformers' adapter detection)
+read it and fail on the unknown `peft_type` "MOLEX". Packs written before that name are still read. It is a plain
+dataclass, not a `PeftConfig` subclass: Hub remote code may import peft only under `try`, so a class that the
+model's config needs cannot derive from a peft class (and peft 0.21's closed `PeftType` enum could not load it).
 """
 
 import json
@@ -11,7 +13,8 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
 
-ADAPTER_CONFIG_NAME = "adapter_config.json"
+PACK_CONFIG_NAME = "molex_pack_config.json"
+LEGACY_PACK_CONFIG_NAME = "adapter_config.json"  # read for packs saved before the rename
 MOLEX_PEFT_TYPE = "MOLEX"
 DEFAULT_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "out_proj", "intermediate_dense", "output_dense")
 ROUTER_GRANULARITIES = ("token", "utterance")
@@ -161,9 +164,9 @@ class MoLExAdapterConfig:
         return cls(**data)
 
     def save_pretrained(self, save_directory: str | os.PathLike) -> str:
-        """Write `adapter_config.json` (PEFT style: sorted keys, indented) and return its path."""
+        """Write `molex_pack_config.json` (PEFT style: sorted keys, indented) and return its path."""
         os.makedirs(save_directory, exist_ok=True)
-        path = os.path.join(save_directory, ADAPTER_CONFIG_NAME)
+        path = os.path.join(save_directory, PACK_CONFIG_NAME)
         with open(path, "w", encoding="utf-8") as handle:
             json.dump(self.to_dict(), handle, indent=2, sort_keys=True)
             handle.write("\n")
@@ -171,12 +174,13 @@ class MoLExAdapterConfig:
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, subfolder: str | None = None) -> "MoLExAdapterConfig":
-        """Read `adapter_config.json` from a folder (or the file itself)."""
+        """Read `molex_pack_config.json` (or a legacy MoLEx `adapter_config.json`) from a folder, or the file itself."""
         path = os.fspath(path)
         if subfolder:
             path = os.path.join(path, subfolder)
         if os.path.isdir(path):
-            path = os.path.join(path, ADAPTER_CONFIG_NAME)
+            current = os.path.join(path, PACK_CONFIG_NAME)
+            path = current if os.path.isfile(current) else os.path.join(path, LEGACY_PACK_CONFIG_NAME)
         if not os.path.isfile(path):
             raise FileNotFoundError(f"No MoLEx adapter config at {path}")
         with open(path, encoding="utf-8") as handle:

@@ -3,6 +3,7 @@
 from typing import Any
 
 from transformers import AutoConfig, PretrainedConfig
+from transformers.configuration_utils import SubConfigSpec
 
 from .adapter_config import MoLExAdapterConfig
 
@@ -10,6 +11,13 @@ from .adapter_config import MoLExAdapterConfig
 SUPPORTED_BACKBONES = ("wav2vec2", "hubert", "wavlm", "data2vec-audio")
 POOLING_TYPES = ("attentive_stats", "mean")
 ID2LABEL = {0: "spoof", 1: "bonafide"}
+# `pipeline("audio-classification")` loads this class from the model repo: it scores through `score_waveform`.
+CUSTOM_PIPELINES = {
+    "audio-classification": {
+        "impl": "pipeline_molex.MoLExAudioClassificationPipeline",
+        "pt": ["AutoModelForAudioClassification"],
+    }
+}
 
 
 class MoLExConfig(PretrainedConfig):
@@ -54,6 +62,8 @@ class MoLExConfig(PretrainedConfig):
     """
 
     model_type = "molex"
+    # A declared sub-config: `attn_implementation`, `dtype` and device maps given to `from_pretrained` reach it.
+    sub_configs_defaults = {"backbone_config": SubConfigSpec(config_class=AutoConfig, model_type="wav2vec2")}
 
     def __init__(
         self,
@@ -92,7 +102,13 @@ class MoLExConfig(PretrainedConfig):
         kwargs["id2label"] = dict(ID2LABEL)
         kwargs["label2id"] = {label: index for index, label in ID2LABEL.items()}
         kwargs.pop("num_labels", None)
+        kwargs.setdefault("custom_pipelines", CUSTOM_PIPELINES)
+        # The base class propagates its attention implementation to sub-configs; when none is requested here, keep
+        # the one the backbone config already carries (e.g. the resolved "sdpa" of a loaded backbone).
+        backbone_attention = getattr(self.backbone_config, "_attn_implementation_internal", None)
         super().__init__(**kwargs)
+        if self._attn_implementation is None and backbone_attention is not None:
+            self.backbone_config._attn_implementation = backbone_attention
         self._validate()
 
     def _validate(self) -> None:

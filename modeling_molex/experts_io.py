@@ -1,6 +1,6 @@
 """Expert packs on disk: each expert a standard PEFT LoRA folder, plus what MoLEx needs to route to them.
 
-    <pack>/adapter_config.json      MoLExAdapterConfig of the pack (peft_type "MOLEX")
+    <pack>/molex_pack_config.json   MoLExAdapterConfig of the pack (`adapter_config.json` in packs saved before)
     <pack>/index.json               experts, their pack, router column, modules, rank; the backbone they fit
     <pack>/router.safetensors       router rows of these experts, one tensor per router
     <pack>/expert_<i>/adapter_config.json + adapter_model.safetensors   plain PEFT LoRA (peft_type "LORA")
@@ -13,24 +13,21 @@ import json
 import os
 import shutil
 import tempfile
-from typing import TYPE_CHECKING
 
 import torch
 from safetensors.torch import load_file, save_file
+from torch import nn
 
-from .adapter_config import ADAPTER_CONFIG_NAME, MoLExAdapterConfig
+from .adapter_config import LEGACY_PACK_CONFIG_NAME, PACK_CONFIG_NAME, MoLExAdapterConfig
 
-
-if TYPE_CHECKING:
-    from .modeling_molex import MoLExForAudioClassification
 
 INDEX_NAME = "index.json"
 ROUTER_WEIGHTS_NAME = "router.safetensors"
 PEFT_WEIGHTS_NAME = "adapter_model.safetensors"
 PACK_FORMAT = "molex-expert-pack"
-HUB_PACK_PATTERNS = [f"{name}" for name in (ADAPTER_CONFIG_NAME, INDEX_NAME, ROUTER_WEIGHTS_NAME)] + [
-    f"*/{name}" for name in (ADAPTER_CONFIG_NAME, INDEX_NAME, ROUTER_WEIGHTS_NAME, PEFT_WEIGHTS_NAME)
-]
+PEFT_CONFIG_NAME = "adapter_config.json"  # of each expert folder: a plain PEFT LoRA adapter
+PACK_FILES = (PACK_CONFIG_NAME, LEGACY_PACK_CONFIG_NAME, INDEX_NAME, ROUTER_WEIGHTS_NAME)
+HUB_PACK_PATTERNS = [f"{name}" for name in PACK_FILES] + [f"*/{name}" for name in (*PACK_FILES, PEFT_WEIGHTS_NAME)]
 
 
 def peft_lora_config(adapter: MoLExAdapterConfig, module_paths: list[str]) -> dict:
@@ -78,9 +75,7 @@ def _write_json(path: str, data: dict) -> None:
         handle.write("\n")
 
 
-def save_expert_pack(
-    model: "MoLExForAudioClassification", directory: str | os.PathLike, names: list[str] | None
-) -> list[str]:
+def save_expert_pack(model: nn.Module, directory: str | os.PathLike, names: list[str] | None) -> list[str]:
     """Write the selected experts as a pack folder. Written to a temporary sibling and renamed into place, so a
     crash never leaves a half-written pack."""
     adapter = model.config.adapter
@@ -104,7 +99,7 @@ def save_expert_pack(
                     layer.stacked_lora_b()[index].detach().T.contiguous()
                 )
             save_file({k: v.cpu() for k, v in tensors.items()}, os.path.join(folder, PEFT_WEIGHTS_NAME))
-            _write_json(os.path.join(folder, ADAPTER_CONFIG_NAME), peft_lora_config(adapter, list(layers)))
+            _write_json(os.path.join(folder, PEFT_CONFIG_NAME), peft_lora_config(adapter, list(layers)))
             index_entries.append(
                 {
                     "name": name,
@@ -168,14 +163,17 @@ def _pack_root(path_or_repo_id: str | os.PathLike, revision: str | None) -> str:
 
         path = snapshot_download(path, revision=revision, allow_patterns=HUB_PACK_PATTERNS)
     for root in (path, os.path.join(path, "experts")):
-        if os.path.isfile(os.path.join(root, INDEX_NAME)) and os.path.isfile(os.path.join(root, ADAPTER_CONFIG_NAME)):
+        has_config = any(
+            os.path.isfile(os.path.join(root, name)) for name in (PACK_CONFIG_NAME, LEGACY_PACK_CONFIG_NAME)
+        )
+        if os.path.isfile(os.path.join(root, INDEX_NAME)) and has_config:
             return root
     raise FileNotFoundError(
-        f"{path_or_repo_id}: no expert pack ({INDEX_NAME} + {ADAPTER_CONFIG_NAME}) here or in experts/"
+        f"{path_or_repo_id}: no expert pack ({INDEX_NAME} + {PACK_CONFIG_NAME}) here or in experts/"
     )
 
 
-def _check_compatible(root: str, pack: MoLExAdapterConfig, index: dict, model: "MoLExForAudioClassification") -> None:
+def _check_compatible(root: str, pack: MoLExAdapterConfig, index: dict, model: nn.Module) -> None:
     own = model.config.adapter
     backbone = model.config.backbone_config
     checks = [
@@ -197,39 +195,108 @@ def _check_compatible(root: str, pack: MoLExAdapterConfig, index: dict, model: "
         raise ValueError(f"Expert pack {root}: `expert_packs` {clashes} already exist in this model")
 
 
-def load_expert_pack(
-    model: "MoLExForAudioClassification", path_or_repo_id: str | os.PathLike, trainable: bool, revision: str | None
-) -> list[str]:
-    """Append the pack's experts and router rows to `model`; returns the new pack names."""
-    root = _pack_root(path_or_repo_id, revision)
-    pack = MoLExAdapterConfig.from_pretrained(root)
-    with open(os.path.join(root, INDEX_NAME), encoding="utf-8") as handle:
-        index = json.load(handle)
-    if index.get("format") != PACK_FORMAT:
-        raise ValueError(
-            f"{os.path.join(root, INDEX_NAME)}: `format` is {index.get('format')!r}, expected {PACK_FORMAT!r}"
+def _read_index(root: str) -> dict:
+    path = os.path.join(root, INDEX_NAME)
+    with open(path, encoding="utf-8") as handle:
+        try:
+            index = json.load(handle)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path}: not valid JSON ({error})") from error
+    if not isinstance(index, dict) or index.get("format") != PACK_FORMAT:
+        found = index.get("format") if isinstance(index, dict) else type(index).__name__
+        raise ValueError(f"{path}: `format` is {found!r}, expected {PACK_FORMAT!r}")
+    for key in ("backbone", "experts"):
+        if key not in index:
+            raise ValueError(f"{path}: no `{key}` field")
+    return index
+
+
+def _checked_entries(root: str, index: dict, pack: MoLExAdapterConfig) -> list[dict]:
+    """Index entries in router-column order, each naming a plain expert folder inside the pack."""
+    path = os.path.join(root, INDEX_NAME)
+    entries = index["experts"]
+    expected = sum(pack.expert_packs.values())
+    if not isinstance(entries, list) or len(entries) != expected:
+        count = len(entries) if isinstance(entries, list) else type(entries).__name__
+        raise ValueError(f"{path}: `experts` lists {count} experts, the pack config declares {expected}")
+    real_root = os.path.realpath(root)
+    for number, entry in enumerate(entries):
+        name = entry.get("name") if isinstance(entry, dict) else None
+        plain = (
+            isinstance(name, str)
+            and name not in ("", ".", "..")
+            and os.path.basename(name) == name
+            and "/" not in name
+            and "\\" not in name
         )
-    _check_compatible(root, pack, index, model)
-    entries = sorted(index["experts"], key=lambda entry: entry["router_column"])
-    layers = model.expert_layers()
-    lora_a = {path: [] for path in layers}
-    lora_b = {path: [] for path in layers}
+        folder = os.path.realpath(os.path.join(root, name)) if plain else ""
+        if not plain or os.path.dirname(folder) != real_root:
+            raise ValueError(
+                f"{path}: entry {number} names expert {name!r}; an expert name must be a plain folder name inside "
+                "the pack (no path separators, '..' or absolute paths)"
+            )
+    columns = sorted(entry.get("router_column") for entry in entries if isinstance(entry.get("router_column"), int))
+    if columns != list(range(expected)):
+        raise ValueError(f"{path}: `router_column` values must be 0..{expected - 1}, each once")
+    if len({entry["name"] for entry in entries}) != expected:
+        raise ValueError(f"{path}: expert names are not unique")
+    return sorted(entries, key=lambda entry: entry["router_column"])
+
+
+def _read_expert_weights(
+    root: str, entries: list[dict], layers: dict[str, nn.Module], rank: int
+) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Per expert layer: stacked (E, r, d_in) A and (E, r, d_out) B of the pack, every shape checked."""
+    stacks: dict[str, tuple[list, list]] = {path: ([], []) for path in layers}
     for entry in entries:
         weights_path = os.path.join(root, entry["name"], PEFT_WEIGHTS_NAME)
         if not os.path.isfile(weights_path):
             raise FileNotFoundError(f"Expert pack {root}: expert {entry['name']!r} has no {PEFT_WEIGHTS_NAME}")
         tensors = load_file(weights_path)
-        for path in layers:
-            for key, store, transpose in (("lora_A", lora_a, False), ("lora_B", lora_b, True)):
+        for path, layer in layers.items():
+            for key, expected, transpose, store in (
+                ("lora_A", (rank, layer.in_features), False, stacks[path][0]),
+                ("lora_B", (layer.out_features, rank), True, stacks[path][1]),
+            ):
                 name = f"base_model.model.{path}.{key}.weight"
                 if name not in tensors:
                     raise KeyError(f"{weights_path}: missing tensor {name!r}")
-                store[path].append(tensors[name].T if transpose else tensors[name])
-    router_rows = load_file(os.path.join(root, ROUTER_WEIGHTS_NAME))
-    routers = model.routers()
-    missing = sorted(set(routers) - set(router_rows))
+                if tuple(tensors[name].shape) != expected:
+                    raise ValueError(
+                        f"{weights_path}: tensor {name!r} has shape {tuple(tensors[name].shape)}, expected {expected}"
+                    )
+                store.append(tensors[name].T if transpose else tensors[name])
+    return {path: (torch.stack(a), torch.stack(b)) for path, (a, b) in stacks.items()}
+
+
+def _read_router_rows(root: str, routers: dict[str, nn.Module], num_experts: int) -> dict[str, torch.Tensor]:
+    path = os.path.join(root, ROUTER_WEIGHTS_NAME)
+    rows = load_file(path)
+    missing = sorted(set(routers) - set(rows))
     if missing:
-        raise KeyError(f"{os.path.join(root, ROUTER_WEIGHTS_NAME)}: no rows for routers {missing[:5]}")
+        raise KeyError(f"{path}: no rows for routers {missing[:5]}")
+    for name, router in routers.items():
+        expected = (num_experts, router.hidden_size)
+        if tuple(rows[name].shape) != expected:
+            raise ValueError(f"{path}: router {name!r} rows have shape {tuple(rows[name].shape)}, expected {expected}")
+    return rows
+
+
+def load_expert_pack(
+    model: nn.Module, path_or_repo_id: str | os.PathLike, trainable: bool, revision: str | None
+) -> list[str]:
+    """Append the pack's experts and router rows to `model` (a MoLExForAudioClassification); returns the new pack
+    names. Everything is read and checked first; the model changes only once nothing can fail any more, so a refused
+    pack leaves the model exactly as it was."""
+    root = _pack_root(path_or_repo_id, revision)
+    pack = MoLExAdapterConfig.from_pretrained(root)
+    index = _read_index(root)
+    _check_compatible(root, pack, index, model)
+    entries = _checked_entries(root, index, pack)
+    layers = model.expert_layers()
+    weights = _read_expert_weights(root, entries, layers, model.config.adapter.r)
+    routers = model.routers()
+    router_rows = _read_router_rows(root, routers, len(entries))
 
     start = 0
     adapter = model.config.adapter
@@ -238,8 +305,8 @@ def load_expert_pack(
         for path, layer in layers.items():
             layer.add_pack(size)
             with torch.no_grad():
-                layer.lora_A[-1].copy_(torch.stack(lora_a[path][rows]))
-                layer.lora_B[-1].copy_(torch.stack(lora_b[path][rows]))
+                layer.lora_A[-1].copy_(weights[path][0][rows])
+                layer.lora_B[-1].copy_(weights[path][1][rows])
         for name, router in routers.items():
             router.add_pack(size, rows=router_rows[name][rows])
         adapter.expert_packs = {**adapter.expert_packs, pack_name: size}

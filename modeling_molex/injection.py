@@ -11,7 +11,8 @@ from torch import nn
 from .adapter_config import MoLExAdapterConfig
 from .attention_patches import make_wavlm_attention_use_modules
 from .layers import MoLExLinear
-from .router import RoutingContext, TopKRouter
+from .router import TopKRouter
+from .routing_state import current_routing_state
 
 
 def encoder_blocks(backbone: nn.Module) -> nn.ModuleList:
@@ -30,8 +31,8 @@ def block_router_name(block_index: int) -> str:
 def _run_block_router(block: nn.Module, args: tuple, kwargs: dict) -> None:
     """Forward pre-hook: route on the block input before any of the block's experts is called."""
     hidden_states = args[0] if args else kwargs["hidden_states"]  # (B, T, D)
-    context: RoutingContext = block._molex_context
-    context.records[block._molex_router_name] = block.molex_router(hidden_states, context.frame_mask)
+    state = current_routing_state()
+    state.records[block._molex_router_name] = block.molex_router(hidden_states, state.frame_mask, state.expert_mask)
 
 
 def _make_router(adapter: MoLExAdapterConfig, hidden_size: int) -> TopKRouter:
@@ -53,9 +54,7 @@ def _matching_linears(block: nn.Module, target: str) -> list[str]:
     ]
 
 
-def inject_experts(
-    backbone: nn.Module, adapter: MoLExAdapterConfig, context: RoutingContext
-) -> dict[str, MoLExLinear]:
+def inject_experts(backbone: nn.Module, adapter: MoLExAdapterConfig) -> dict[str, MoLExLinear]:
     """Wrap the targeted linears of the selected blocks in `MoLExLinear`; returns them keyed by backbone path."""
     if getattr(backbone.config, "model_type", None) == "wavlm":
         make_wavlm_attention_use_modules(backbone)
@@ -69,7 +68,6 @@ def inject_experts(
         block = blocks[block_index]
         if adapter.router_scope == "block":
             block.molex_router = _make_router(adapter, backbone.config.hidden_size)
-            block._molex_context = context
             block._molex_router_name = block_router_name(block_index)
             block.register_forward_pre_hook(_run_block_router, with_kwargs=True)
         for target in adapter.target_modules:
@@ -97,7 +95,6 @@ def inject_experts(
                     adapter.r,
                     adapter.lora_alpha,
                     adapter.lora_dropout,
-                    context,
                     router_name,
                     router,
                 )

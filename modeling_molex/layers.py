@@ -7,12 +7,12 @@ two batched matmuls, never a Python loop over experts. With utterance routing on
 gathered and computed; with token routing every expert is computed and unselected ones get an exact zero gate.
 """
 
-import math
-
 import torch
 from torch import nn
+from transformers import initialization as init
 
-from .router import RouterOutput, RoutingContext, TopKRouter
+from .router import RouterOutput, TopKRouter
+from .routing_state import current_routing_state, experts_are_disabled
 
 
 class MoLExLinear(nn.Module):
@@ -22,8 +22,7 @@ class MoLExLinear(nn.Module):
         base_layer: the frozen linear layer of the backbone.
         pack_sizes: experts per pack; each pack is one pair of stacked parameters (`lora_A.<i>`, `lora_B.<i>`).
         r, lora_alpha, lora_dropout: as in PEFT LoRA.
-        context: the model's `RoutingContext` (frame mask in, router records out).
-        router_name: key of the router output this layer uses in `context.records`.
+        router_name: key of the router output this layer uses in the call's routing state (`routing_state.py`).
         router: the layer's own router (`router_scope="module"`); `None` when the block router decides.
     """
 
@@ -34,7 +33,6 @@ class MoLExLinear(nn.Module):
         r: int,
         lora_alpha: float,
         lora_dropout: float,
-        context: RoutingContext,
         router_name: str,
         router: TopKRouter | None = None,
     ):
@@ -49,8 +47,6 @@ class MoLExLinear(nn.Module):
         self.lora_B = nn.ParameterList([nn.Parameter(torch.empty(n, r, self.out_features)) for n in pack_sizes])
         self.router = router
         self.router_name = router_name
-        self.experts_enabled = True
-        self._context = context  # plain attribute: shared scratchpad, not a submodule
 
     # Code that reads `module.weight` directly (WavLM attention, merging tools) still sees the frozen weight.
     @property
@@ -77,10 +73,11 @@ class MoLExLinear(nn.Module):
     def reset_expert_parameters(self, pack_index: int | None = None) -> None:
         """PEFT's default LoRA init: A ~ U(+-1/sqrt(d_in)) (kaiming-uniform, a=sqrt(5)), B = 0 (zero delta)."""
         packs = range(len(self.lora_A)) if pack_index is None else [pack_index]
-        bound = 1.0 / math.sqrt(self.in_features)
+        bound = self.in_features**-0.5
         for i in packs:
-            self.lora_A[i].uniform_(-bound, bound)
-            self.lora_B[i].zero_()
+            # `transformers.initialization` skips tensors already loaded from a checkpoint.
+            init.uniform_(self.lora_A[i], -bound, bound)
+            init.zeros_(self.lora_B[i])
 
     def add_pack(self, size: int) -> None:
         """Append `size` new experts (zero delta) as a new trainable pack."""
@@ -92,16 +89,17 @@ class MoLExLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         result = self.base_layer(x)
-        if not self.experts_enabled:
+        if experts_are_disabled():
             return result
         return self.mixture_delta(x, self._routing(x), add_to=result)
 
     def _routing(self, x: torch.Tensor) -> RouterOutput:
+        state = current_routing_state()
         if self.router is not None:
-            routing = self.router(x, self._context.frame_mask)
-            self._context.records[self.router_name] = routing
+            routing = self.router(x, state.frame_mask, state.expert_mask)
+            state.records[self.router_name] = routing
             return routing
-        routing = self._context.records.get(self.router_name)
+        routing = state.records.get(self.router_name)
         if routing is None:
             raise RuntimeError(
                 f"MoLExLinear: no routing decision {self.router_name!r} for this forward pass. Call the backbone "
@@ -114,35 +112,45 @@ class MoLExLinear(nn.Module):
     ) -> torch.Tensor:
         """scaling * sum over selected experts of gate * B A x, for x: (B, T, d_in) -> (B, T, d_out).
 
-        With `add_to` (the base output) the sum is accumulated into it by the second matmul itself (baddbmm /
-        addmm), which saves two full passes over the (B, T, d_out) output per layer.
+        With `add_to` (the base output, a fresh tensor) the sum is accumulated into it, in place, by the second
+        matmul itself (baddbmm_ / addmm_), which saves two full passes over the (B, T, d_out) output per layer;
+        `add_to` is returned.
         """
         if x.dim() != 3:
             raise ValueError(f"MoLExLinear expects (batch, frames, features) input, got shape {tuple(x.shape)}")
         x = self.lora_dropout(x)
-        lora_a = self.stacked_lora_a().to(x.dtype)  # (E, r, d_in)
+        lora_a = self.stacked_lora_a().to(x.dtype)  # (E, r, d_in); `.to` is a no-op unless autocast/half
         lora_b = self.stacked_lora_b().to(x.dtype)  # (E, r, d_out)
         batch, frames, _ = x.shape
-        num_experts, rank, _ = lora_a.shape
+        num_experts, rank, d_in = lora_a.shape
+        d_out = lora_b.shape[-1]
         if routing.top_k_indices.shape[1] == 1:
-            # Utterance routing: gather the k chosen experts of each clip and run them only.
-            indices = routing.top_k_indices[:, 0]  # (B, k)
-            top_k = indices.shape[-1]
-            gates = routing.top_k_weights[:, 0].to(x.dtype).repeat_interleave(rank, dim=-1)  # (B, k*r)
-            selected_a = lora_a[indices].reshape(batch, top_k * rank, -1) * gates.unsqueeze(-1)  # (B, k*r, d_in)
-            selected_b = lora_b[indices].reshape(batch, top_k * rank, -1)  # (B, k*r, d_out)
-            hidden = torch.bmm(x, selected_a.transpose(1, 2))  # (B, T, k*r)
+            # Utterance routing: gather the k chosen experts of each clip (one index_select per matrix) and run
+            # only them. The gates scale the narrow (B, T, k*r) hidden, the cheapest place for them.
+            selected = routing.top_k_indices.reshape(-1)  # (B*k,)
+            top_k = selected.shape[0] // batch
+            selected_a = lora_a.reshape(num_experts, rank * d_in).index_select(0, selected)
+            selected_b = lora_b.reshape(num_experts, rank * d_out).index_select(0, selected)
+            selected_a = selected_a.view(batch, top_k * rank, d_in)  # (B, k*r, d_in)
+            selected_b = selected_b.view(batch, top_k * rank, d_out)  # (B, k*r, d_out)
+            hidden = torch.bmm(x, selected_a.transpose(1, 2))  # (B, T, k*r); bf16 under autocast
+            hidden = hidden * routing.rank_gates(rank, hidden.dtype)  # gates: (B, 1, k*r), cached per router
             if add_to is None:
-                return torch.bmm(hidden, selected_b) * self.scaling
-            return torch.baddbmm(add_to, hidden, selected_b, alpha=self.scaling)  # (B, T, d_out)
+                return torch.bmm(hidden, selected_b.to(hidden.dtype)) * self.scaling
+            # In place into the base output: saves allocating and re-reading a (B, T, d_out) tensor. Autograd
+            # allows it (neither baddbmm's nor the base linear's backward reads this tensor's values).
+            out_dtype = add_to.dtype
+            return add_to.baddbmm_(hidden.to(out_dtype), selected_b.to(out_dtype), alpha=self.scaling)
         # Token routing: every expert in one matmul, unselected experts multiplied by an exact 0.
-        gates = routing.dense_gates().to(x.dtype).repeat_interleave(rank, dim=-1)  # (B, T, E*r)
-        hidden = (x @ lora_a.reshape(num_experts * rank, -1).T) * gates  # (B, T, E*r)
+        hidden = x @ lora_a.reshape(num_experts * rank, d_in).T  # (B, T, E*r)
+        hidden = hidden * routing.rank_gates(rank, hidden.dtype)  # dense gates (B, T, E*r), cached per router
         hidden = hidden.reshape(batch * frames, num_experts * rank)
-        flat_b = lora_b.reshape(num_experts * rank, -1)  # (E*r, d_out)
+        flat_b = lora_b.reshape(num_experts * rank, d_out)  # (E*r, d_out)
         if add_to is None:
-            return (hidden @ flat_b).view(batch, frames, -1) * self.scaling
-        return torch.addmm(add_to.reshape(batch * frames, -1), hidden, flat_b, alpha=self.scaling).view_as(add_to)
+            return (hidden @ flat_b.to(hidden.dtype)).view(batch, frames, d_out) * self.scaling
+        out_dtype = add_to.dtype
+        flat_out = add_to.view(batch * frames, d_out)
+        return flat_out.addmm_(hidden.to(out_dtype), flat_b.to(out_dtype), alpha=self.scaling).view_as(add_to)
 
     def expert_delta(self, x: torch.Tensor, expert_index: int) -> torch.Tensor:
         """What one expert alone adds at gate 1 (= a PEFT LoRA adapter with this expert's A and B)."""

@@ -26,6 +26,7 @@ class MoLExAudioClassifierOutput(ModelOutput):
             (R routers in `model.router_names` order). With utterance routing the entries are 0 or 1.
         router_probs: (B, R, E) mean router probability per clip and router.
         hidden_states: the backbone's hidden states when `output_hidden_states=True`.
+        attentions: the backbone's attention weights when `output_attentions=True` (eager attention).
     """
 
     loss: torch.Tensor | None = None
@@ -37,14 +38,19 @@ class MoLExAudioClassifierOutput(ModelOutput):
     expert_usage: torch.Tensor | None = None
     router_probs: torch.Tensor | None = None
     hidden_states: tuple[torch.Tensor, ...] | None = None
+    attentions: tuple[torch.Tensor, ...] | None = None
 
 
 def detection_scores(logits: torch.Tensor, calibration: dict[str, float] | None = None) -> torch.Tensor:
     """(B, 2) logits -> (B,) scores, higher = more bona fide; an LLR when `calibration` is given."""
-    scores = logits[..., 1].float() - logits[..., 0].float()
-    if calibration is not None:
-        scores = calibration["scale"] * scores + calibration["bias"]
-    return scores
+    return calibrate_scores(logits[..., 1].float() - logits[..., 0].float(), calibration)
+
+
+def calibrate_scores(scores: torch.Tensor, calibration: dict[str, float] | None) -> torch.Tensor:
+    """Raw scores -> LLRs with the stored `{"scale", "bias"}` (the only place a calibration is applied)."""
+    if calibration is None:
+        return scores
+    return calibration["scale"] * scores + calibration["bias"]
 
 
 def routing_summary(records: list[RouterOutput]) -> tuple[torch.Tensor | None, torch.Tensor | None]:

@@ -1,11 +1,11 @@
-"""Top-k routing over LoRA experts, the per-forward routing record, and the routers' auxiliary losses.
+"""Top-k routing over LoRA experts, the record of one router's decisions, and the routers' auxiliary losses.
 
 Routers run in float32 whatever the model dtype: softmax over a handful of logits in bf16 flips top-k choices.
 Shapes: B batch, T frames, D hidden size, E experts, k top-k, S routing decisions per clip (T for token
 routing, 1 for utterance routing).
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -23,28 +23,25 @@ class RouterOutput:
     top_k_indices: torch.Tensor  # (B, S, k) int64, selected experts
     top_k_weights: torch.Tensor  # (B, S, k) float32, gate of each selected expert
     mask: torch.Tensor | None  # (B, S) bool, True where the decision covers real audio (not padding)
+    # Per-call cache of `rank_gates`: every expert layer a block router feeds asks for the same expansion.
+    _rank_gates: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def dense_gates(self) -> torch.Tensor:
         """(B, S, E) gates: the top-k weights scattered into place, exact zeros elsewhere."""
         gates = torch.zeros_like(self.probs)
         return gates.scatter(-1, self.top_k_indices, self.top_k_weights)
 
+    def rank_gates(self, rank: int, dtype: torch.dtype) -> torch.Tensor:
+        """Each gate repeated once per LoRA rank row, in `dtype`: (B, 1, k*r) for utterance routing (the selected
+        experts' gates), (B, S, E*r) for token routing (dense, zeros for unselected experts).
 
-class RoutingContext:
-    """Scratchpad shared by every router and expert layer of one model during one forward pass.
-
-    The model sets the frame-level padding mask before calling the backbone and collects the router outputs after
-    it, so nothing has to be threaded through the backbone's forward signatures. Records are keyed by router name,
-    so a gradient-checkpointing recompute overwrites instead of duplicating them.
-    """
-
-    def __init__(self) -> None:
-        self.frame_mask: torch.Tensor | None = None  # (B, T) bool
-        self.records: dict[str, RouterOutput] = {}
-
-    def reset(self, frame_mask: torch.Tensor | None) -> None:
-        self.frame_mask = frame_mask
-        self.records = {}
+        Computed once per router and forward pass, not once per expert layer (six layers read one block router).
+        """
+        key = (rank, dtype)
+        if key not in self._rank_gates:
+            gates = self.top_k_weights if self.top_k_indices.shape[1] == 1 else self.dense_gates()
+            self._rank_gates[key] = gates.to(dtype).repeat_interleave(rank, dim=-1)
+        return self._rank_gates[key]
 
 
 class TopKRouter(nn.Module):
@@ -89,8 +86,13 @@ class TopKRouter(nn.Module):
             new.copy_(rows)
         self.weight.append(nn.Parameter(new))
 
-    def forward(self, hidden_states: torch.Tensor, frame_mask: torch.Tensor | None = None) -> RouterOutput:
-        # hidden_states: (B, T, D); frame_mask: (B, T) bool or None
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        frame_mask: torch.Tensor | None = None,
+        expert_mask: torch.Tensor | None = None,
+    ) -> RouterOutput:
+        # hidden_states: (B, T, D); frame_mask: (B, T) bool or None; expert_mask: (E,) bool, False = never chosen
         features = hidden_states.float()
         mask = frame_mask
         if self.granularity == "utterance":
@@ -99,6 +101,8 @@ class TopKRouter(nn.Module):
         logits = F.linear(features, self.full_weight().float())  # (B, S, E)
         if self.training and self.noise_std > 0:
             logits = logits + torch.randn_like(logits) * self.noise_std
+        if expert_mask is not None:
+            logits = logits.masked_fill(~expert_mask.to(logits.device), float("-inf"))
         probs = logits.softmax(dim=-1)  # (B, S, E)
         top_k_probs, top_k_indices = probs.topk(self.top_k, dim=-1)  # (B, S, k)
         if self.normalize_top_k and self.top_k > 1:
@@ -155,14 +159,17 @@ def expert_orthogonality_loss(lora_a: torch.Tensor) -> torch.Tensor:
     lora_a: (E, r, d_in). Rows are L2-normalised; the loss is the mean squared cosine between a row of one expert
     and a row of another expert (within-expert pairs are left alone). 0 means the experts read disjoint directions.
     """
-    num_experts, rank, _ = lora_a.shape
+    num_experts, rank, d_in = lora_a.shape
     if num_experts < 2:
         return lora_a.new_zeros((), dtype=torch.float32)
-    rows = F.normalize(lora_a.float().reshape(num_experts * rank, -1), dim=-1)  # (E*r, d_in)
-    gram = rows @ rows.T  # (E*r, E*r)
-    expert_id = torch.arange(num_experts, device=lora_a.device).repeat_interleave(rank)
-    across = expert_id[:, None] != expert_id[None, :]  # (E*r, E*r)
-    return gram.pow(2)[across].mean()
+    rows = F.normalize(lora_a.float(), dim=-1)  # (E, r, d_in), unit rows
+    # Sum of squared cosines over all row pairs = ||R R^T||_F^2 = ||R^T R||_F^2: take the smaller Gram matrix, so the
+    # cost stops growing with E^2 once E*r > d_in; then drop the within-expert pairs ((E, r, r) blocks).
+    flat = rows.reshape(num_experts * rank, d_in)
+    gram = flat @ flat.T if num_experts * rank <= d_in else flat.T @ flat  # (E*r, E*r) or (d_in, d_in)
+    within = torch.bmm(rows, rows.transpose(1, 2)).pow(2).sum()
+    across_pairs = (num_experts * rank) ** 2 - num_experts * rank**2
+    return (gram.pow(2).sum() - within) / across_pairs
 
 
 def _zero(records: list[RouterOutput]) -> torch.Tensor:

@@ -24,8 +24,9 @@ def test_novelty_is_zero_on_a_centroid_and_one_for_disjoint_routing():
     known = np.array([[1, 1, 0, 0], [1, 1, 0, 0]], dtype=float)
     disjoint = np.array([[0, 0, 1, 1], [0, 0, 1, 1]], dtype=float)
     half = np.array([[1, 0, 1, 0], [1, 1, 0, 0]], dtype=float)
-    scores = novelty_scores(np.stack([known, disjoint, half]), known.reshape(1, -1), top_k=2)
-    np.testing.assert_allclose(scores, [0.0, 1.0, 0.25])
+    clips = [known[None], disjoint[None], half[None], np.stack([known, disjoint])]  # the last: two windows
+    scores = novelty_scores(clips, {"A01": known.reshape(-1)}, top_k=2)
+    np.testing.assert_allclose(scores, [0.0, 1.0, 0.25, 0.5])
 
 
 def test_roc_auc_matches_pairwise_counting_with_ties():
@@ -41,6 +42,40 @@ def test_usage_tables_and_specialisation():
     assert specialisation(table) == {"expert_0": ["A01"], "expert_1": ["A02"], "expert_2": []}
 
 
+def saved_model(tmp_path):
+    torch.manual_seed(0)
+    adapter = MoLExAdapterConfig(num_experts=4, top_k=2, r=4)
+    model = MoLExForAudioClassification(MoLExConfig(backbone_config=tiny_backbone_config("wav2vec2"), adapter=adapter))
+    randomize_experts(model, std=1.0)
+    model.save_pretrained(tmp_path / "model")
+    return model
+
+
+def test_empty_reference_split_and_unknown_known_attacks_are_clear_errors(tmp_path):
+    corpus = write_synthetic_asvspoof5(tmp_path / "corpus", per_class=2)
+    saved_model(tmp_path)
+    with pytest.raises(ValueError, match=r"--known_attacks \['A99'\]: no such attack"):
+        analyze(str(tmp_path / "model"), str(corpus), "eval", "train", str(tmp_path / "a"), known_attacks=["A99"])
+    protocol = next(corpus.rglob("ASVspoof5.train.tsv"))
+    protocol.write_text("")  # an empty reference split
+    with pytest.raises(ValueError, match=r"train"):
+        analyze(str(tmp_path / "model"), str(corpus), "eval", "train", str(tmp_path / "a"))
+
+
+@pytest.mark.slow
+def test_the_signatures_give_the_demo_the_novelty_the_analysis_computed(tmp_path):
+    corpus = write_synthetic_asvspoof5(tmp_path / "corpus", per_class=3)
+    model = saved_model(tmp_path)
+    analyze(str(tmp_path / "model"), str(corpus), "eval", "train", str(tmp_path / "analysis"), batch_size=4)
+    rows = (tmp_path / "analysis" / "routing_signatures_eval.tsv").read_text().splitlines()[1:]
+    reloaded = MoLExForAudioClassification.from_pretrained(tmp_path / "model").eval()
+    utt_id, novelty = rows[0].split("\t")[0], float(rows[0].split("\t")[3])
+    audio = next(corpus.rglob(f"{utt_id}.flac"))
+    assert reloaded.score_file(audio).novelty.distance == pytest.approx(novelty, abs=1e-4)
+    del model
+
+
+@pytest.mark.slow
 def test_analysis_end_to_end_on_a_small_corpus(tmp_path):
     corpus = write_synthetic_asvspoof5(tmp_path / "corpus", per_class=4)
     torch.manual_seed(0)

@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 import torch
 from audio_fixtures import write_in_the_wild
 from conftest import randomize_experts, tiny_backbone_config
@@ -26,6 +27,7 @@ def save_tiny_model(folder, calibration=None) -> str:
     return str(folder)
 
 
+@pytest.mark.slow
 def test_evaluate_model_writes_scores_and_uses_the_stored_calibration(tmp_path):
     corpus = write_synthetic_asvspoof5(tmp_path / "corpus", per_class=3)
     raw = evaluate_model(save_tiny_model(tmp_path / "raw"), str(corpus), split="eval", output_dir=str(tmp_path / "a"))
@@ -39,6 +41,9 @@ def test_evaluate_model_writes_scores_and_uses_the_stored_calibration(tmp_path):
     for name, score in raw_scores.items():
         assert abs(calibrated_scores[name] - (2.0 * score - 1.0)) < 1e-9
     assert json.loads((tmp_path / "a" / "eval_results.json").read_text())["metrics"] == raw["metrics"]
+    model = MoLExForAudioClassification.from_pretrained(calibrated_dir).eval()  # the model's own scoring path
+    for name, score in list(calibrated_scores.items())[:2]:
+        assert model.score_file(next(corpus.rglob(f"{name}.flac"))).score == pytest.approx(score, abs=1e-5)
 
 
 def test_evaluate_model_on_in_the_wild(tmp_path):
@@ -47,6 +52,7 @@ def test_evaluate_model_on_in_the_wild(tmp_path):
     assert result["metrics"]["num_bonafide"] >= 1 and result["metrics"]["num_spoof"] >= 1
 
 
+@pytest.mark.slow
 def test_domain_adaptation_reports_old_and_new_domain_before_and_after(tmp_path):
     corpus = write_synthetic_asvspoof5(tmp_path / "corpus", per_class=16)
     base = save_tiny_model(tmp_path / "base")

@@ -44,7 +44,7 @@ def test_save_pretrained_round_trip_is_bit_exact(family, tmp_path):
 def test_adapter_config_round_trips_peft_style(tmp_path):
     adapter = MoLExAdapterConfig(num_experts=3, top_k=1, r=2, target_modules=["q_proj"], layers_to_transform=[1])
     adapter.save_pretrained(tmp_path)
-    data = json.loads((tmp_path / "adapter_config.json").read_text())
+    data = json.loads((tmp_path / "molex_pack_config.json").read_text())
     assert data["peft_type"] == "MOLEX" and list(data) == sorted(data)
     assert MoLExAdapterConfig.from_pretrained(tmp_path) == adapter
     assert MoLExAdapterConfig.from_dict(adapter.to_dict()) == adapter
@@ -84,10 +84,10 @@ def test_expert_pack_save_load_reproduces_the_model(tmp_path):
     saved = trained.save_experts(tmp_path / "pack", names=[pack_name])
     assert saved == ["expert_4", "expert_5"]
     assert sorted(os.listdir(tmp_path / "pack")) == [
-        "adapter_config.json",
         "expert_4",
         "expert_5",
         "index.json",
+        "molex_pack_config.json",
         "router.safetensors",
     ]
     # A model holding only the base pack, then the shipped pack on top of it.
@@ -212,7 +212,7 @@ def test_checkpoint_missing_expert_weights_is_refused(tmp_path):
     build().save_pretrained(tmp_path)
     weights = load_file(tmp_path / "model.safetensors")
     save_file({k: v for k, v in weights.items() if "molex_router" not in k}, tmp_path / "model.safetensors")
-    with pytest.raises(ValueError, match="lacks 2 expert/router weights"):
+    with pytest.raises(ValueError, match="lacks 2 weight.*molex_router"):
         MoLExForAudioClassification.from_pretrained(tmp_path)
 
 
@@ -230,3 +230,76 @@ def test_failed_save_leaves_the_folder_untouched(tmp_path, monkeypatch):
         model.save_pretrained(tmp_path / "model")
     assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "model").iterdir()} == before
     assert [p.name for p in tmp_path.iterdir()] == ["model"]  # no staging leftovers
+
+
+def _edit_index(pack_dir, edit) -> None:
+    path = pack_dir / "index.json"
+    index = json.loads(path.read_text())
+    edit(index)
+    path.write_text(json.dumps(index))
+
+
+def _state(model) -> dict[str, torch.Tensor]:
+    return {key: value.clone() for key, value in model.state_dict().items()}
+
+
+@pytest.mark.parametrize("escape", ["../outside/evil", "ABSOLUTE", "expert_0/../../outside/evil", ".", ""])
+def test_an_expert_name_outside_the_pack_is_refused_naming_the_entry(tmp_path, escape):
+    source = build(seed=3)
+    source.add_experts(1, pack_name="shipped")
+    randomize_experts(source)
+    source.save_experts(tmp_path / "pack", names=["shipped"])
+    # A complete, valid expert outside the pack: loading it must be refused all the same.
+    outside = tmp_path / "outside" / "evil"
+    outside.parent.mkdir()
+    os.replace(tmp_path / "pack" / "expert_4", outside)
+    name = str(outside) if escape == "ABSOLUTE" else escape
+
+    def point_outside(index):
+        index["experts"][0]["name"] = name
+
+    _edit_index(tmp_path / "pack", point_outside)
+    target = build()
+    before = _state(target)
+    with pytest.raises(ValueError, match=r"index\.json.*entry 0.*plain folder name"):
+        target.load_experts(tmp_path / "pack")
+    assert target.state_dict().keys() == before.keys()
+    assert all(torch.equal(target.state_dict()[key], value) for key, value in before.items())
+
+
+@pytest.mark.parametrize(
+    "defect",
+    ["index_lists_fewer_experts", "expert_tensor_missing", "expert_tensor_wrong_shape", "router_rows_missing"],
+)
+def test_a_refused_load_leaves_the_model_unchanged_and_a_valid_load_still_works(tmp_path, defect):
+    source = build(seed=3)
+    randomize_experts(source)
+    source.add_experts(3, pack_name="extra")
+    randomize_experts(source, seed=5)
+    source.save_experts(tmp_path / "good", names=["extra"])
+    source.save_experts(tmp_path / "bad", names=["extra"])
+    bad = tmp_path / "bad"
+    if defect == "index_lists_fewer_experts":
+        _edit_index(bad, lambda index: index["experts"].pop())
+    elif defect in ("expert_tensor_missing", "expert_tensor_wrong_shape"):
+        weights_path = bad / "expert_6" / "adapter_model.safetensors"
+        tensors = load_file(weights_path)
+        key = "base_model.model.encoder.layers.1.feed_forward.output_dense.lora_A.weight"
+        if defect == "expert_tensor_missing":
+            del tensors[key]
+        else:
+            tensors[key] = torch.zeros(2, tensors[key].shape[1])
+        save_file(tensors, weights_path)
+    else:
+        rows = load_file(bad / "router.safetensors")
+        del rows["layer_1"]
+        save_file(rows, bad / "router.safetensors")
+    target = build()
+    before, adapter_before = _state(target), target.config.adapter.to_dict()
+    with pytest.raises((ValueError, KeyError)):
+        target.load_experts(bad)
+    assert target.config.adapter.to_dict() == adapter_before
+    assert target.state_dict().keys() == before.keys()
+    assert all(torch.equal(target.state_dict()[key], value) for key, value in before.items())
+    assert target.load_experts(tmp_path / "good") == ["extra"]
+    assert target.config.adapter.expert_packs == {"base": 4, "extra": 3}

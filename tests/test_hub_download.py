@@ -6,6 +6,7 @@ one expert through plain peft (`subfolder="experts/<name>"`), and an expert pack
 import json
 import textwrap
 
+import pytest
 import torch
 from conftest import random_audio, randomize_experts, run_in_fresh_process
 from fake_hub import FakeHub, hub  # noqa: F401  (the fake Hub and its fixture)
@@ -60,6 +61,7 @@ def _resolved_files(fake: FakeHub, repo_id: str) -> set[str]:
     return {path[len(prefix) :].split("/", 1)[1] for method, path in fake.requests if path.startswith(prefix)}
 
 
+@pytest.mark.slow
 def test_pushed_model_expert_and_pack_load_from_the_hub_cache_offline(hub, tiny_backbone_dirs, tmp_path):  # noqa: F811
     backbone_dir = tiny_backbone_dirs["wav2vec2"]
     torch.manual_seed(0)

@@ -4,12 +4,14 @@ training -> eval once -> analysis -> results table, model folder and results.jso
 import json
 from pathlib import Path
 
+import pytest
 import yaml
 from test_mini_corpus import _packages_or_skip
 
 from training import main_job
 
 
+@pytest.mark.slow
 def test_main_job_runs_end_to_end(tmp_path, capsys):
     _packages_or_skip()
     output = tmp_path / "main"
@@ -52,6 +54,7 @@ def test_main_job_runs_end_to_end(tmp_path, capsys):
     assert molex["global_step"] == 2
 
 
+@pytest.mark.slow
 def test_main_job_pretrain_flag_recreates_the_encoder_and_trains_on_it(tmp_path, capsys):
     _packages_or_skip()
     recipe = yaml.safe_load(Path("configs/ssl_tiny.yaml").read_text())

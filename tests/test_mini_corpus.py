@@ -69,6 +69,7 @@ def _digest(folder: Path) -> dict[str, str]:
 
 
 # ---------------------------------------------------------------- layout and protocol format
+@pytest.mark.slow
 @pytest.mark.parametrize("split", ["train", "dev", "eval"])
 def test_every_protocol_row_has_its_flac_and_every_extra_is_enrolment(corpus, split):
     folder = corpus / FLAC_DIR[split]
@@ -81,6 +82,7 @@ def test_every_protocol_row_has_its_flac_and_every_extra_is_enrolment(corpus, sp
     assert not any(p.suffix != ".flac" for p in folder.iterdir())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("split", ["train", "dev", "eval"])
 def test_protocol_lines_match_the_asvspoof5_format(corpus, split):
     text = (corpus / PROTOCOL[split]).read_text()
@@ -115,6 +117,7 @@ def test_protocol_lines_match_the_asvspoof5_format(corpus, split):
             assert row[4] in {"1", "2", "3"} and row[5] != "-"
 
 
+@pytest.mark.slow
 def test_coded_eval_copies_point_at_their_uncoded_original(corpus):
     rows = {row[1]: row for row in _rows(corpus, "eval")}
     copies = [row for row in rows.values() if row[3] != "-"]
@@ -127,6 +130,7 @@ def test_coded_eval_copies_point_at_their_uncoded_original(corpus):
     assert config.startswith("ID,CODEC,CODEC_Q,Bitrate(kbps)\r\n")
 
 
+@pytest.mark.slow
 def test_attack_sets_are_disjoint_and_follow_the_table(corpus):
     attacks = {split: {row[7] for row in _rows(corpus, split)} - {"bonafide"} for split in PROTOCOL}
     for split, labels in attacks.items():
@@ -159,6 +163,7 @@ def test_attack_table_never_reuses_a_label_and_known_as_points_at_training():
 
 
 # ---------------------------------------------------------------- audio
+@pytest.mark.slow
 def test_every_clip_is_16k_mono_pcm16_level_normalised_without_silence_margins(corpus):
     paths = sorted(corpus.rglob("*.flac"))
     assert len(paths) > 30
@@ -176,6 +181,7 @@ def test_every_clip_is_16k_mono_pcm16_level_normalised_without_silence_margins(c
         assert speech[0] * 0.02 <= 0.3 and (frames_db.size - 1 - speech[-1]) * 0.02 <= 0.3, path
 
 
+@pytest.mark.slow
 def test_same_seed_gives_identical_protocols_and_audio_bytes(corpus, twin):
     for name in PROTOCOL.values():
         assert (corpus / name).read_bytes() == (twin / name).read_bytes()
@@ -183,6 +189,7 @@ def test_same_seed_gives_identical_protocols_and_audio_bytes(corpus, twin):
     assert (corpus / "README.txt").read_text() == (twin / "README.txt").read_text()
 
 
+@pytest.mark.slow
 def test_another_seed_gives_another_corpus(corpus, tmp_path):
     _packages_or_skip()
     other = tmp_path / "other"
@@ -190,6 +197,7 @@ def test_another_seed_gives_another_corpus(corpus, tmp_path):
     assert (other / PROTOCOL["eval"]).read_text() != (corpus / PROTOCOL["eval"]).read_text()
 
 
+@pytest.mark.slow
 def test_readme_and_licence_name_sources_and_credits(corpus):
     readme, licence = (corpus / "README.txt").read_text(), (corpus / "LICENSE.txt").read_text()
     for needle in ("flac_E_eval", "A12", "known", "unseen", "C01"):
@@ -199,19 +207,21 @@ def test_readme_and_licence_name_sources_and_credits(corpus):
     assert (corpus / "LICENSES" / "asterisk-core-sounds-en-wav.copyright").exists()
 
 
+@pytest.mark.slow
 def test_load_asvspoof5_reads_the_corpus(corpus):
-    from training.data.loaders import load_asvspoof5
+    from training.data.loaders import audio_paths, load_asvspoof5
 
     data = load_asvspoof5(corpus)
     for split in PROTOCOL:
         rows = _rows(corpus, split)
         assert len(data[split]) == len(rows)
         assert sum(data[split]["label"]) == sum(row[8] == "bonafide" for row in rows)
-        assert all(Path(path).exists() and "_A" not in Path(path).name for path in data[split]["audio"])
+        assert all(Path(path).exists() and "_A" not in Path(path).name for path in audio_paths(data[split]))
     assert set(data["eval"]["codec"]) - {"none"}, "coded eval rows should be loaded with their codec"
 
 
 # ---------------------------------------------------------------- baseline
+@pytest.mark.slow
 def test_mfcc_baseline_reports_dev_and_known_vs_unseen_eval(corpus, tmp_path):
     from training.baselines.mfcc import main
 
@@ -225,6 +235,7 @@ def test_mfcc_baseline_reports_dev_and_known_vs_unseen_eval(corpus, tmp_path):
     assert set(results["eval_unseen"]["attacks"]) == {a.label for a in ATTACKS if a.split == "eval" and not a.known_as}
 
 
+@pytest.mark.slow
 def test_mfcc_baseline_rejects_unknown_feature_sets(corpus):
     from training.baselines.mfcc import run_baseline
 

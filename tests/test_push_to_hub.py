@@ -6,7 +6,6 @@ import json
 import re
 
 import httpx2
-import jinja2
 import numpy as np
 import pytest
 import torch
@@ -160,7 +159,7 @@ def test_experts_only_pushes_the_pack_at_the_repo_root(hub, tmp_path):
     [commit] = hub.commits("me/pack")
     experts = [f"expert_{i}/{n}" for i in (4, 5) for n in ("adapter_config.json", "adapter_model.safetensors")]
     assert commit["added"] == sorted(
-        ["README.md", "adapter_config.json", "index.json", "router.safetensors", *experts]
+        ["README.md", "index.json", "molex_pack_config.json", "router.safetensors", *experts]
     )
     card = ModelCard(hub.head("me/pack")["files"]["README.md"].decode())
     assert not re.search(r"\{\{|\{%|None\b", card.text)
@@ -279,7 +278,7 @@ def test_models_own_push_to_hub_sends_every_expert_folder_in_one_commit(hub):
     expected |= {
         f"experts/expert_{i}/{name}" for i in (0, 1) for name in ("adapter_config.json", "adapter_model.safetensors")
     }
-    expected |= {"experts/adapter_config.json", "experts/index.json", "experts/router.safetensors"}
+    expected |= {"experts/molex_pack_config.json", "experts/index.json", "experts/router.safetensors"}
     assert expected <= set(commit["added"])
 
 
@@ -320,10 +319,9 @@ def test_card_template_with_an_unknown_placeholder_raises(tmp_path):
     from training.hub.model_card import enrich_index
 
     index, config = _card_inputs(tmp_path)
-    template = tmp_path / "template.md"
-    template.write_text("---\n{{ card_data }}\n---\n\n{{ eer_of_the_day }}\n")
-    with pytest.raises(jinja2.UndefinedError, match="eer_of_the_day"):
-        render_card(enrich_index(index, None), config, None, "me/molex", template_path=template)
+    template = "---\n{card_data}\n---\n\n{eer_of_the_day}\n"
+    with pytest.raises(CardError, match=r"unknown placeholder\(s\) \['eer_of_the_day'\]"):
+        render_card(enrich_index(index, None), config, None, "me/molex", template=template)
 
 
 def test_bad_results_field_is_named(tmp_path):
@@ -334,3 +332,116 @@ def test_bad_results_field_is_named(tmp_path):
     path.write_text(json.dumps({"metrics": {"eval": {"eer": 5.5, "min_dcf": 0.1}}}))
     with pytest.raises(CardError, match="fraction"):
         load_results(path)
+
+
+# ----- no local paths on the Hub (issue 10 item 10) --------------------------------------------------------------
+
+
+def _local_roots(*extra) -> list[str]:
+    """The machine's home and temp folders (as given and resolved) and any extra folders, with a trailing slash."""
+    import os
+    import tempfile
+
+    roots = {os.path.expanduser("~"), tempfile.gettempdir(), *map(str, extra)}
+    roots |= {os.path.realpath(root) for root in roots}
+    return sorted(root.rstrip("/") + "/" for root in roots if root.strip("/"))
+
+
+def _leaks(files: dict[str, bytes], roots: list[str]) -> list[str]:
+    return [f"{path}: {root}" for path, content in files.items() for root in roots if root.encode() in content]
+
+
+def _model_from_local_backbone(backbone_dir, folder):
+    torch.manual_seed(0)
+    model = MoLExForAudioClassification.from_backbone(backbone_dir, adapter=MoLExAdapterConfig(num_experts=2, r=2))
+    model.save_pretrained(folder)
+    return model
+
+
+def test_dry_run_push_holds_no_local_path(tiny_backbone_dirs, tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from training.trainer.config import TrainConfig
+
+    model_dir = tmp_path / "run" / "model"
+    _model_from_local_backbone(tiny_backbone_dirs["wav2vec2"], model_dir)
+    write_results(tmp_path / "run")
+    config = TrainConfig(
+        backbone=tiny_backbone_dirs["wav2vec2"],
+        data_root=str(Path.home() / "corpora" / "ASVspoof5"),
+        output_dir=str(tmp_path / "run"),
+    )
+    config.save(model_dir / "train_config.yaml")
+    roots = _local_roots(tmp_path)
+    saved = local_files(model_dir)
+    assert _leaks(saved, roots), "the test must start from a folder that holds local paths"
+    assert push_to_hub.main([str(model_dir), "--repo-id", "me/molex", "--dry-run", str(tmp_path / "staged")]) == 0
+    staged = local_files(tmp_path / "staged")
+    assert "train_config.yaml" in staged and "experts/expert_0/adapter_config.json" in staged
+    assert _leaks(staged, roots) == []
+    published = json.loads(staged["config.json"])
+    assert published["backbone_name_or_path"] == "wav2vec2"  # the folder's name: a reader still sees which
+    assert published["model_type"] == "molex" and published["adapter"]["num_experts"] == 2  # the rest untouched
+    assert "starting from wav2vec2" in staged["README.md"].decode()
+
+
+def test_hub_ids_and_relative_paths_are_kept(tmp_path):
+    from modeling_molex.hub_upload import scrub_local_paths
+
+    value = {"a": "facebook/wav2vec2-base", "b": ["outputs/run", "/tmp/x/run", "~/data"], "c": 3, "d": None}
+    assert scrub_local_paths(value) == {
+        "a": "facebook/wav2vec2-base",
+        "b": ["outputs/run", "run", "data"],
+        "c": 3,
+        "d": None,
+    }
+
+
+def test_models_own_push_sends_no_local_path(hub, tiny_backbone_dirs, tmp_path):
+    model = _model_from_local_backbone(tiny_backbone_dirs["hubert"], tmp_path / "model")
+    model.push_to_hub("me/own")
+    assert _leaks(hub.head("me/own")["files"], _local_roots(tmp_path)) == []
+
+
+def test_models_own_push_and_the_cli_publish_the_same_full_card(hub, tmp_path):
+    model = save_model(tmp_path / "model", num_experts=2)
+    argv = [str(tmp_path / "model"), "--repo-id", "me/same", "--dry-run", str(tmp_path / "staged")]
+    assert push_to_hub.main(argv) == 0
+    model.push_to_hub("me/same")
+    card = hub.head("me/same")["files"]["README.md"].decode()
+    assert card == (tmp_path / "staged" / "README.md").read_text()
+    assert "## Experts" in card and "| `expert_1` |" in card and "## Training configuration" in card
+
+
+def test_models_own_push_honours_parent_commit(hub, tmp_path):
+    from huggingface_hub.errors import HfHubHTTPError
+
+    hub.add_repo("me/raced", {"README.md": b"v1\n"})
+    seen = hub.head("me/raced")["sha"]
+    hub._commit("me/raced", {"README.md": b"someone else's v2\n"}, {"added": ["README.md"]})
+    model = save_model(tmp_path / "model", num_experts=2)
+    with pytest.raises(HfHubHTTPError, match="412"):
+        model.push_to_hub("me/raced", parent_commit=seen)
+    assert hub.head("me/raced")["files"] == {"README.md": b"someone else's v2\n"}
+    assert model.push_to_hub("me/raced", parent_commit=hub.head("me/raced")["sha"]).oid == hub.head("me/raced")["sha"]
+
+
+def test_local_paths_in_results_are_stripped_not_published(tmp_path):
+    save_model(tmp_path / "run" / "model", num_experts=2)
+    results_path = write_results(tmp_path / "run", with_figure=False)
+    results = json.loads(open(results_path).read())
+    results["config"]["backbone"] = "/home/me/models/wav2vec2-xls-r-300m"
+    results["config"]["init_from"] = str(tmp_path / "base_model")
+    (tmp_path / "run" / "results.json").write_text(json.dumps(results))
+    argv = [str(tmp_path / "run" / "model"), "--repo-id", "me/m", "--results", results_path]
+    assert push_to_hub.main([*argv, "--dry-run", str(tmp_path / "staged")]) == 0
+    staged = local_files(tmp_path / "staged")
+    assert _leaks(staged, [*_local_roots(tmp_path), "/home/me/"]) == []
+    published = json.loads(staged["results.json"])
+    assert (
+        published["config"]["backbone"] == "wav2vec2-xls-r-300m" and published["config"]["init_from"] == "base_model"
+    )
+    assert (
+        "| backbone | " in staged["README.md"].decode()
+        and "Trained on MoLEx mini corpus" in staged["README.md"].decode()
+    )

@@ -1,23 +1,33 @@
-"""The Gradio demo in space_app/: the detector without a server, then the real server through gradio_client."""
+"""The Gradio demo in space_app/: UI around the model's own `score_file`, then the real server through
+gradio_client (numbers equal the model's, bad input gets a message, only example clips are served)."""
 
 import json
 import os
 import shutil
 import socket
+import subprocess
 import sys
+import urllib.error
+import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
-import soxr
 import torch
 from audio_fixtures import write_clip, write_lines
-from conftest import randomize_experts
+from conftest import randomize_experts, run_in_fresh_process
 
-from modeling_molex import MoLExForAudioClassification
-from training.encoders import tiny_random as quickstart
+from modeling_molex import MoLExAdapterConfig, MoLExForAudioClassification
+from modeling_molex.novelty import (
+    RoutingSignatures,
+    clip_novelty,
+    load_routing_signatures,
+    routing_novelty,
+    signature_distance,
+)
+from training.encoders.tiny_random import build_tiny_backbone, generated_clip
 
 
 SPACE_DIR = Path(__file__).resolve().parent.parent / "space_app"
@@ -27,31 +37,24 @@ import app  # noqa: E402
 import detector as detector_module  # noqa: E402
 import example_clips  # noqa: E402
 import gradio as gr  # noqa: E402
-from detector import Detector, InputError, ModelNotFoundError, default_model, window_starts  # noqa: E402
+from detector import Detector, InputError, ModelNotFoundError, default_model  # noqa: E402
 from figures import expert_usage_figure, timeline_figure  # noqa: E402
 from gradio_client import Client, handle_file  # noqa: E402
 from gradio_client.exceptions import AppError  # noqa: E402
-from routing_novelty import (  # noqa: E402
-    RoutingSignatures,
-    clip_novelty,
-    load_routing_signatures,
-    routing_novelty,
-    signature_distance,
-)
-
-
-CROP = 64_600
 
 
 # ----------------------------------------------------------------------------------------------- fixtures
 def build_space_model(root: Path) -> Path:
-    """The main job's model folder, with experts and head made non-trivial so that scores and routing vary."""
-    quickstart.main(["--output_dir", str(root), "--num_experts", "4", "--rank", "4"])
-    model_dir = root / "model"
-    model = MoLExForAudioClassification.from_pretrained(model_dir)
+    """A main-job-like model folder (tiny random backbone), with experts and head made non-trivial so that scores
+    and routing vary."""
+    torch.manual_seed(0)
+    backbone = build_tiny_backbone(str(root / "tiny_backbone"), seed=0)
+    adapter = MoLExAdapterConfig(num_experts=4, top_k=2, r=4, lora_alpha=8)
+    model = MoLExForAudioClassification.from_backbone(backbone, adapter=adapter)
     randomize_experts(model, std=0.5, seed=3)
     with torch.no_grad():
         model.classifier.out_proj.weight.mul_(100.0)
+    model_dir = root / "model"
     model.save_pretrained(model_dir)
     return model_dir
 
@@ -67,17 +70,17 @@ def detector(space_model_dir) -> Detector:
 
 
 def speech_like(seconds: float, rate: int, seed: int) -> np.ndarray:
-    return quickstart.generated_clip(seconds, rate, seed=seed)
+    return generated_clip(seconds, rate, seed=seed)
 
 
 @pytest.fixture(scope="session")
 def clips(tmp_path_factory) -> dict[str, Path]:
-    """Good clips (16 kHz mono, 8 kHz stereo, 10 s for the timeline) and every kind of bad one."""
+    """Good clips (16 kHz mono, 8 kHz stereo, 10 s for the timeline, a browser WebM) and every kind of bad one."""
     root = tmp_path_factory.mktemp("space_clips")
     paths = {name: root / file for name, file in [
         ("mono16k", "mono16k.wav"), ("stereo8k", "stereo8k.flac"), ("long10s", "long10s.wav"),
         ("short", "short.wav"), ("empty", "empty.wav"), ("zero_frames", "zero_frames.wav"),
-        ("text", "notes.wav"), ("nan", "nan.wav"),
+        ("text", "notes.wav"), ("nan", "nan.wav"), ("silent", "silent.wav"), ("webm", "recording.webm"),
     ]}  # fmt: skip
     sf.write(paths["mono16k"], speech_like(2.0, 16_000, seed=1), 16_000)
     left = speech_like(3.0, 8_000, seed=2)
@@ -88,6 +91,9 @@ def clips(tmp_path_factory) -> dict[str, Path]:
     sf.write(paths["zero_frames"], np.zeros(0, dtype=np.float32), 16_000)
     paths["text"].write_text("these are meeting notes, not audio\n")
     sf.write(paths["nan"], np.full(8000, np.nan, dtype=np.float32), 16_000, subtype="FLOAT")
+    sf.write(paths["silent"], np.zeros(16_000, dtype=np.int16), 16_000)
+    subprocess.run(["ffmpeg", "-v", "error", "-y", "-i", str(paths["mono16k"]), "-c:a", "libopus", str(paths["webm"])],
+                   check=True)  # fmt: skip
     return paths
 
 
@@ -97,65 +103,18 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-# ----------------------------------------------------------------------------------------------- windows
-def test_window_starts_cover_the_clip_and_end_at_its_end():
-    assert window_starts(1000, 1000, 500) == [0]
-    assert window_starts(10, 1000, 500) == [0]
-    assert window_starts(2000, 1000, 500) == [0, 500, 1000]
-    starts = window_starts(2100, 1000, 500)
-    assert starts == [0, 500, 1000, 1100]
-    covered = np.zeros(2100, bool)
-    for start in starts:
-        covered[start : start + 1000] = True
-    assert covered.all()
-
-
 # ----------------------------------------------------------------------------------------------- detector
-def score_waveform(model_dir: Path, wave: np.ndarray) -> torch.Tensor:
-    """Reference: the model's own feature extractor and forward on one window, no demo code involved."""
-    model = MoLExForAudioClassification.from_pretrained(model_dir).eval()
-    inputs = model.feature_extractor()(wave, sampling_rate=16_000, return_tensors="pt")
-    with torch.inference_mode():
-        return model.detection_score(model(**inputs).logits)[0]
-
-
-def test_short_clip_is_one_repeated_window_scored_like_the_model(detector, space_model_dir, clips):
-    result = detector.predict(clips["mono16k"])
-    wave, _ = sf.read(clips["mono16k"], dtype="float32")
-    expected = score_waveform(space_model_dir, np.resize(wave, CROP))
-    assert result.window_starts_s == [0.0] and len(result.window_scores) == 1
-    assert result.score == pytest.approx(float(expected), abs=1e-5)
-    assert result.verdict == ("bona fide" if result.score >= 0 else "spoof")
-    assert result.probabilities["bonafide"] == pytest.approx(1 / (1 + np.exp(-result.score)), abs=1e-6)
-    assert sum(result.probabilities.values()) == pytest.approx(1.0)
-    assert (result.duration_s, result.file_sampling_rate, result.channels) == (2.0, 16_000, 1)
-    usage = np.asarray(result.expert_usage)
-    assert usage.shape == (len(detector.router_names), 4)
-    np.testing.assert_allclose(usage.sum(axis=1), 2.0)  # top-2 routing: two experts fire per router
-    assert not result.calibrated and result.novelty is None
-
-
-def test_stereo_8k_is_downmixed_and_resampled(detector, space_model_dir, clips):
-    result = detector.predict(clips["stereo8k"])
-    data, rate = sf.read(clips["stereo8k"], dtype="float32")
-    wave = soxr.resample(data.mean(axis=1), rate, 16_000, quality="HQ").astype(np.float32)
-    assert (result.file_sampling_rate, result.channels) == (8_000, 2)
-    assert result.duration_s == pytest.approx(3.0)
-    expected = score_waveform(space_model_dir, np.resize(wave, CROP))
-    assert result.score == pytest.approx(float(expected), abs=1e-4)
-
-
-def test_long_clip_scores_each_window_and_averages(detector, clips, tmp_path):
-    result = detector.predict(clips["long10s"])
-    wave, _ = sf.read(clips["long10s"], dtype="float32")
-    starts = window_starts(wave.size, CROP, CROP // 2)
-    assert len(starts) == 4
-    assert result.window_starts_s == pytest.approx([s / 16_000 for s in starts])
-    assert result.score == pytest.approx(float(np.mean(result.window_scores)), abs=1e-5)
-    assert np.ptp(result.window_scores) > 1e-4  # windows really differ, so the next check can fail
-    for start, window_score in zip(starts, result.window_scores, strict=True):
-        sf.write(tmp_path / "window.wav", wave[start : start + CROP], 16_000, subtype="FLOAT")
-        assert detector.predict(tmp_path / "window.wav").score == pytest.approx(window_score, abs=1e-5)
+def test_the_demo_gives_the_models_own_numbers(detector, space_model_dir, clips):
+    model = MoLExForAudioClassification.from_pretrained(space_model_dir).eval()
+    for name in ("mono16k", "stereo8k", "long10s", "webm"):
+        result = detector.predict(clips[name])
+        expected = model.score_file(clips[name])
+        assert result.score == pytest.approx(expected.score, abs=1e-6)
+        assert result.window_scores.tolist() == pytest.approx(expected.window_scores.tolist(), abs=1e-6)
+    stereo = detector.predict(clips["stereo8k"])
+    assert (stereo.sampling_rate, stereo.channels, stereo.channel_policy) == (8_000, 2, "mean of 2 channels")
+    assert len(detector.predict(clips["long10s"]).window_scores) == 4
+    assert detector.predict(clips["webm"]).duration == pytest.approx(2.0, abs=0.05)
 
 
 @pytest.mark.parametrize(
@@ -164,23 +123,30 @@ def test_long_clip_scores_each_window_and_averages(detector, clips, tmp_path):
         (None, "No audio"),
         ("short", "short.wav is 0.050 s long; at least 0.1 s"),
         ("empty", "empty.wav is empty"),
-        ("zero_frames", "zero_frames.wav holds no audio samples"),
+        ("zero_frames", "zero_frames.wav: holds no audio samples"),
         ("text", "notes.wav is not an audio file"),
-        ("nan", "nan.wav contains invalid"),
+        ("nan", "nan.wav: 8000 samples are NaN or infinite"),
     ],
 )
 def test_bad_input_raises_a_message_for_the_user(detector, clips, clip, message):
-    with pytest.raises(InputError, match=message.replace(".", r"\.")):
+    with pytest.raises(InputError, match=message.replace(".", r"\.")) as error:
         detector.predict(clips[clip] if clip else None)
+    assert str(clips["text"].parent) not in str(error.value)  # no server paths in messages
 
 
 def test_missing_file_and_too_long_clip_are_refused(space_model_dir, detector, clips, tmp_path):
     with pytest.raises(InputError, match="gone.wav: file not found"):
         detector.predict(tmp_path / "gone.wav")
     strict = Detector(str(space_model_dir), max_seconds=5.0)
-    with pytest.raises(InputError, match=r"long10s\.wav is 10\.0 s long; this demo scores clips of up to 5 s"):
+    with pytest.raises(InputError, match=r"long10s\.wav is 10\.0 s long; at most 5 s"):
         strict.predict(clips["long10s"])
     assert strict.predict(clips["mono16k"]).score == pytest.approx(detector.predict(clips["mono16k"]).score)
+
+
+def test_silence_gets_no_verdict(detector, clips):
+    result = detector.predict(clips["silent"])
+    assert result.silent and result.verdict is None and result.score is None
+    assert "near-silent" in app.summary_markdown(result)
 
 
 def test_calibrated_model_reports_the_llr(space_model_dir, detector, clips, tmp_path):
@@ -193,23 +159,20 @@ def test_calibrated_model_reports_the_llr(space_model_dir, detector, clips, tmp_
     llr = Detector(str(calibrated_dir)).predict(clips["long10s"])
     assert llr.calibrated
     assert llr.score == pytest.approx(2.0 * raw.score - 0.5, abs=1e-4)
-    assert llr.window_scores == pytest.approx([2.0 * s - 0.5 for s in raw.window_scores], abs=1e-4)
-    assert llr.probabilities["bonafide"] == pytest.approx(1 / (1 + np.exp(-llr.score)), abs=1e-6)
     assert "a calibrated log-likelihood ratio" in app.summary_markdown(llr)
     assert "uncalibrated" in app.summary_markdown(raw)
 
 
 # ----------------------------------------------------------------------------------------------- model discovery
-def test_default_model_prefers_env_then_main_then_quickstart(tmp_path, monkeypatch):
+def test_default_model_prefers_env_then_the_main_jobs_folder(tmp_path, monkeypatch):
     monkeypatch.delenv("MOLEX_MODEL", raising=False)
     monkeypatch.setattr(detector_module, "REPO_ROOT", tmp_path)
     monkeypatch.chdir(tmp_path)
     with pytest.raises(ModelNotFoundError, match="MOLEX_MODEL"):
         default_model()
-    for relative in ("outputs/quickstart/model", "outputs/main/model"):
-        (tmp_path / relative).mkdir(parents=True)
-        (tmp_path / relative / "config.json").write_text("{}")
-        assert default_model() == str(tmp_path / relative)
+    (tmp_path / "outputs/main/model").mkdir(parents=True)
+    (tmp_path / "outputs/main/model/config.json").write_text("{}")
+    assert default_model() == str(tmp_path / "outputs/main/model")
     monkeypatch.setenv("MOLEX_MODEL", "someone/molex-xlsr")
     assert default_model() == "someone/molex-xlsr"
 
@@ -250,18 +213,6 @@ def test_clip_novelty_averages_window_distances_not_window_usages():
     assert routing_novelty(windows.mean(0), signatures, top_k=1).distance > 0.2
 
 
-def test_novelty_distance_matches_the_analysis_script():
-    from training.analysis.analyze_experts import novelty_scores
-
-    rng = np.random.default_rng(0)
-    usage = rng.dirichlet(np.ones(4), size=(5, 3)) * 2  # 5 clips, 3 routers, 4 experts, top-2
-    centroids = {f"A{i:02d}": rng.dirichlet(np.ones(4), size=3).reshape(-1) * 2 for i in range(3)}
-    expected = novelty_scores(usage, np.stack(list(centroids.values())), top_k=2)
-    signatures = RoutingSignatures(centroids, threshold=0.2)
-    ours = [routing_novelty(clip, signatures, top_k=2).distance for clip in usage]
-    np.testing.assert_allclose(ours, expected, rtol=1e-12)
-
-
 @pytest.mark.parametrize(
     ("payload", "message"),
     [
@@ -285,7 +236,7 @@ def test_malformed_signatures_name_the_file_and_field(tmp_path, payload, message
 def test_detector_uses_signatures_shipped_with_the_model(space_model_dir, detector, clips, tmp_path):
     model_dir = tmp_path / "with_signatures"
     shutil.copytree(space_model_dir, model_dir)
-    usage = np.asarray(detector.predict(clips["mono16k"]).expert_usage).reshape(-1)
+    usage = detector.predict(clips["mono16k"]).expert_usage.reshape(-1).numpy()
     disjoint = (1.0 - usage).tolist()  # top-2 of 4 experts: the other two in every router
     header = {"distance": "L1 / (2 * top_k * routers)", "top_k": 2, "router_names": ["layer_0", "layer_1"]}
 
@@ -362,36 +313,63 @@ def test_figures_show_the_numbers_they_are_given():
 
 # ----------------------------------------------------------------------------------------------- the server
 @pytest.fixture(scope="module")
-def server(detector):
-    demo = app.build_demo(detector)
+def served(detector, tmp_path_factory):
+    """The demo as `app.main` launches it: example clips from a corpus whose eval protocol holds the labels."""
+    corpus = tmp_path_factory.mktemp("corpus")
+    write_lines(corpus / "ASVspoof5.eval.track_1.tsv", ["E_1 E_0000000001 F - - - - bonafide bonafide -"])
+    write_clip(corpus / "flac_E_eval" / "E_0000000001.flac", 0.5)
+    examples = app.serve_examples(example_clips.example_clips(corpus), tmp_path_factory.mktemp("served"))
+    demo = app.build_demo(detector, examples)
     port = free_port()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
-    yield f"http://127.0.0.1:{port}/"
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
+                allowed_paths=[clip.path for clip in examples])  # fmt: skip
+    yield {"url": f"http://127.0.0.1:{port}/", "corpus": corpus, "examples": examples}
     demo.close()
 
 
 @pytest.fixture(scope="module")
-def client(server) -> Client:
-    return Client(server, verbose=False)
+def client(served) -> Client:
+    return Client(served["url"], verbose=False)
+
+
+def http_status(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=30) as response:
+            return response.status, response.read().decode("utf-8", errors="replace")
+    except urllib.error.HTTPError as error:
+        return error.code, ""
+
+
+def test_only_the_example_clips_are_served_never_the_corpus_labels(served):
+    protocol = served["corpus"] / "ASVspoof5.eval.track_1.tsv"
+    original = served["corpus"] / "flac_E_eval" / "E_0000000001.flac"
+    for path in (protocol, original, served["corpus"]):
+        status, _ = http_status(f"{served['url']}gradio_api/file={path}")
+        assert status in (403, 404), f"{path} is served (HTTP {status})"
+    status, _ = http_status(f"{served['url']}gradio_api/file={served['examples'][0].path}")
+    assert status == 200  # the route itself works: the refusals above are real
+    _, config = http_status(f"{served['url']}config")
+    assert str(served["corpus"]) not in config and "E_0000000001" not in config
+    assert str(Path(detector_module.__file__).parent.parent) not in config  # no server paths, model shown by name
 
 
 def assert_same_numbers(api_output, expected):
     label, summary, timeline, usage_plot, novelty, details = api_output
     confidences = {c["label"]: c["confidence"] for c in label["confidences"]}
-    assert label["label"] == expected.verdict
-    assert confidences["bona fide"] == pytest.approx(expected.probabilities["bonafide"], abs=1e-6)
-    assert confidences["spoof"] == pytest.approx(expected.probabilities["spoof"], abs=1e-6)
-    assert f"Verdict: {expected.verdict}" in summary and f"{expected.score:+.4f}" in summary
+    assert label["label"] == app.VERDICTS[expected.verdict]
+    assert confidences["bona fide"] == pytest.approx(expected.bonafide_probability, abs=1e-6)
+    assert confidences["spoof"] == pytest.approx(1 - expected.bonafide_probability, abs=1e-6)
+    assert f"Verdict: {app.VERDICTS[expected.verdict]}" in summary and f"{expected.score:+.4f}" in summary
     assert details["score"] == pytest.approx(expected.score, abs=1e-6)
-    assert details["window_scores"] == pytest.approx(expected.window_scores, abs=1e-6)
-    np.testing.assert_allclose(details["expert_usage"], expected.expert_usage, atol=1e-6)
+    assert details["window_scores"] == pytest.approx(expected.window_scores.tolist(), abs=1e-6)
+    np.testing.assert_allclose(details["expert_usage"], expected.expert_usage.numpy(), atol=1e-6)
     assert usage_plot["type"] == "matplotlib" and usage_plot["plot"].startswith("data:image/")
     assert "not available for this model" in novelty
     return timeline
 
 
 def test_api_returns_the_detector_numbers(client, detector, clips):
-    for name in ("mono16k", "stereo8k"):
+    for name in ("mono16k", "stereo8k", "webm"):
         timeline = assert_same_numbers(client.predict(handle_file(clips[name]), api_name="/classify"),
                                        detector.predict(clips[name]))  # fmt: skip
         assert timeline["value"] is None and not timeline["visible"]
@@ -399,11 +377,13 @@ def test_api_returns_the_detector_numbers(client, detector, clips):
         client.predict(handle_file(clips["long10s"]), api_name="/classify"), detector.predict(clips["long10s"])
     )
     assert timeline["visible"] and timeline["value"]["plot"].startswith("data:image/")
+    label, summary, *_ = client.predict(handle_file(clips["silent"]), api_name="/classify")
+    assert label["label"] == "near-silent" and "Verdict: none (near-silent)" in summary
 
 
 def test_bad_requests_get_a_message_and_the_server_keeps_serving(client, detector, clips):
     for clip, message in [(None, "No audio"), ("text", "is not an audio file"), ("short", "at least 0.1 s"),
-                          ("empty", "is empty")]:  # fmt: skip
+                          ("empty", "is empty"), ("nan", "NaN or infinite")]:  # fmt: skip
         with pytest.raises(AppError, match=message) as error:
             client.predict(handle_file(clips[clip]) if clip else None, api_name="/classify")
         assert "Traceback" not in str(error.value)
@@ -434,8 +414,32 @@ def test_space_folder_is_a_valid_gradio_space():
     requirements = (SPACE_DIR / "requirements.txt").read_text().splitlines()
     names = {line.split("==")[0].split(">=")[0].strip().lower() for line in requirements if line and line[0].isalpha()}
     assert {"torch", "transformers", "soundfile", "soxr", "matplotlib", "numpy", "gradio"} <= names
+    assert header["models"] == "" and "  - " in readme.split("---\n")[1]  # the model the Space serves is linked
+    assert "ffmpeg" in (SPACE_DIR / "packages.txt").read_text().split()
+    assert not (SPACE_DIR / "routing_novelty.py").exists()  # no copy of the scoring logic in the Space
     import transformers
 
     assert f"transformers=={transformers.__version__}" in requirements
     assert f"gradio=={gr.__version__}" in requirements
     assert os.access(SPACE_DIR / "app.py", os.R_OK)
+
+
+DETECTOR_SCRIPT = """
+import json, sys
+sys.path.insert(0, sys.argv[1])
+from detector import Detector
+result = Detector(sys.argv[2]).predict(sys.argv[3])
+print(json.dumps({"module": type(result).__module__, "score": result.score}))
+"""
+
+
+@pytest.mark.slow
+def test_the_space_runs_any_molex_repo_through_remote_code_alone(space_model_dir, detector, clips, tmp_path):
+    """The Space ships without this project: its code plus the model repo's remote code must be enough."""
+    run = run_in_fresh_process(
+        DETECTOR_SCRIPT, [str(SPACE_DIR), str(space_model_dir), str(clips["long10s"])], tmp_path
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    output = json.loads(run.stdout.strip().splitlines()[-1])
+    assert output["module"].startswith("transformers_modules.")  # the model repo's own scoring code ran
+    assert output["score"] == pytest.approx(detector.predict(clips["long10s"]).score, abs=1e-6)

@@ -33,6 +33,7 @@ print(type(encoder).__name__, tuple(hidden.shape), extractor.do_normalize)
 """
 
 
+@pytest.mark.slow
 def test_two_steps_write_an_encoder_that_loads_in_a_fresh_process_and_under_molex(pool_and_corpus, tmp_path):
     pool, corpus = pool_and_corpus
     summary = pretrain_ssl.main(tiny_pretrain_args(corpus, pool, tmp_path / "run", steps=2))

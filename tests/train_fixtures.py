@@ -54,3 +54,14 @@ def write_synthetic_asvspoof5(root: Path, per_class: int = 6, seconds: float = 0
             lines.append(line)
         (root / protocol).write_text("\n".join(lines) + "\n")
     return root
+
+
+# Train-run arguments of a tiny model (4 experts of rank 4 on the tiny random backbone, 0.5 s crops): a few
+# optimizer steps take seconds on CPU.
+TINY_RUN = ["--num_experts", "4", "--rank", "4", "--batch_size", "4", "--eval_batch_size", "4"]
+TINY_RUN += ["--crop_samples", "8000", "--cpu", "true", "--log_with", "none", "--head_hidden_size", "16"]
+TINY_RUN += ["--seed", "3"]
+
+
+def tiny_run_args(corpus: Path, output_dir: Path, *extra: str) -> list[str]:
+    return ["--data_root", str(corpus), "--output_dir", str(output_dir), *TINY_RUN, *extra]

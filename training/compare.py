@@ -21,9 +21,10 @@ import numpy as np
 from accelerate import Accelerator
 
 from training import train
-from training.baselines.mfcc import features, fit_logistic
-from training.data.loaders import load_asvspoof5
+from training.baselines.mfcc import features
+from training.data.loaders import audio_paths, load_asvspoof5
 from training.metrics.asvspoof_metrics import compute_metrics
+from training.metrics.calibration import fit_logistic_regression
 from training.trainer.config import load_yaml_config, parse_train_config
 from training.trainer.run_setup import build_model, load_corpus
 
@@ -84,9 +85,11 @@ def mfcc_lr_scores(corpus_dir: str, known_attacks: list[str]) -> dict:
     scores per utterance id, so each seed's subset can be scored."""
     started = time.time()
     data = load_asvspoof5(corpus_dir, splits=("train", "dev", "eval"))
-    matrices = {split: features(data[split]["audio"], ["mfcc"]) for split in data}
+    matrices = {split: features(audio_paths(data[split]), ["mfcc"]) for split in data}
     mean, std = matrices["train"].mean(axis=0), matrices["train"].std(axis=0) + 1e-8
-    weights, bias = fit_logistic((matrices["train"] - mean) / std, np.asarray(data["train"]["label"]))
+    weights, bias = fit_logistic_regression(
+        (matrices["train"] - mean) / std, np.asarray(data["train"]["label"]), l2=1.0
+    )
     scores = {
         split: dict(
             zip(data[split]["utt_id"], ((matrices[split] - mean) / std @ weights + bias).tolist(), strict=True)

@@ -2,8 +2,10 @@
 
     python -m training.evaluate_model MODEL_DIR DATA_ROOT [--dataset asvspoof5] [--split eval] [--output_dir D]
 
-Works for ASVspoof 5, ASVspoof 2019 LA, In-the-Wild (split "eval") and CSV corpora. Scores are calibrated with the
-model's stored calibration (`--no_calibration` for raw scores). Also importable: `evaluate_model(...)` -> metrics.
+Works for ASVspoof 5, ASVspoof 2019 LA, In-the-Wild (split "eval") and CSV corpora. Every clip is scored through the
+model's own scoring path (`model.score_waveforms`: windows of the training crop, batched, the clip score the mean of
+its windows; the numbers the pipeline, `molex-score` and the demo give). Scores are calibrated with the model's
+stored calibration (`--no_calibration` for raw scores). Also importable: `evaluate_model(...)` -> metrics.
 """
 
 import argparse
@@ -40,12 +42,11 @@ def evaluate_model(
     batch_size: int = 8,
     max_samples: int | None = None,
     calibrated: bool = True,
-    eval_mode: str = "full",
 ) -> dict:
     model = MoLExForAudioClassification.from_pretrained(model_dir).eval()
     data = subsample(load_split(dataset, data_root, split), max_samples, seed=0)
     accelerator = Accelerator()
-    scores = score_dataset(model, data, batch_size, eval_mode=eval_mode, accelerator=accelerator)
+    scores = score_dataset(model, data, batch_size, accelerator=accelerator)
     calibration = model.config.calibration if calibrated else None
     metrics = metrics_for(scores, calibration)
     result = {
@@ -74,7 +75,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--output_dir", help="write score/key files, tables and <split>_results.json here")
     parser.add_argument("--batch_size", type=int, default=8)
     parser.add_argument("--max_samples", type=int)
-    parser.add_argument("--eval_mode", default="full", choices=["full", "center", "windows"])
     parser.add_argument("--no_calibration", action="store_true", help="report raw scores' actDCF/Cllr")
     args = parser.parse_args(argv)
     result = evaluate_model(
@@ -86,7 +86,6 @@ def main(argv: list[str] | None = None) -> None:
         args.batch_size,
         args.max_samples,
         not args.no_calibration,
-        args.eval_mode,
     )
     metrics = result["metrics"]
     print(

@@ -5,12 +5,14 @@
 MODEL_DIR is a folder written by `model.save_pretrained` (or a standalone pack from `model.save_experts`). The
 repo receives the model files, `experts/` (each expert a standard PEFT LoRA folder, plus `index.json` naming the
 layers, modules, rank and, when analysis data exists, the attacks of each expert) and a `README.md` card rendered
-from `model_card.md` with the numbers of `results.json` (found next to MODEL_DIR, or given with `--results`).
+by `modeling_molex/model_card.py` with the numbers of `results.json` (found next to MODEL_DIR, or given with `--results`).
 `--experts-only` pushes the expert pack alone, at the repo root, for `model.load_experts("user/pack")`.
 
-Everything goes up in ONE `create_commit`: the Hub applies a commit whole or not at all, so a failure at any point
-(network, auth, a concurrent push) leaves the repo as it was. `upload_folder` is not used on purpose: with `hf_xet`
-installed it splits large folders into several commits. The token comes from `HF_TOKEN` or `hf auth login`.
+The upload itself is the model's own (`modeling_molex/hub_upload.py`, also behind `model.push_to_hub`): ONE
+`create_commit` on top of the revision that was checked (`parent_commit`), so a failure at any point (network, auth,
+a concurrent push) leaves the repo as it was; local paths (backbone folder, `output_dir`, `data_root`) are
+replaced by their last component, and a staged repo that still names a home or temp path is refused. The token
+comes from `HF_TOKEN` or `hf auth login`.
 """
 
 import argparse
@@ -22,17 +24,17 @@ import tempfile
 from pathlib import Path
 
 import httpx2
-from huggingface_hub import (
-    CommitInfo,
-    CommitOperationAdd,
-    CommitOperationDelete,
-    HfApi,
-    constants,
-    get_token,
-    hf_hub_download,
-)
+from huggingface_hub import CommitInfo, HfApi, constants, get_token, hf_hub_download
 from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError
 
+from modeling_molex.adapter_config import LEGACY_PACK_CONFIG_NAME, PACK_CONFIG_NAME
+from modeling_molex.hub_upload import (
+    PushError,
+    check_no_local_paths,
+    scrub_folder,
+    scrub_local_paths,
+    upload_folder_in_one_commit,
+)
 from training.hub.model_card import (
     PRIVATE_CONFIG_KEYS,
     CardError,
@@ -46,14 +48,10 @@ from training.hub.model_card import (
 
 MODEL_TYPE = "molex"
 CARD_FIGURES = ("expert_usage", "det")  # figures of results.json that the card shows
-PACK_FILES = ("adapter_config.json", "index.json", "router.safetensors")
+PACK_FILES = ("index.json", "router.safetensors")  # plus the pack config, see _pack_config_name
 # Remote files a push owns: stale ones (e.g. an expert dropped since the last push) are deleted in the same commit.
 MANAGED_PREFIXES = {"model": ("experts/", "figures/"), "pack": ("expert_", "figures/")}
 MANAGED_SUFFIXES = {"model": (".safetensors", ".py", ".safetensors.index.json"), "pack": ()}
-
-
-class PushError(RuntimeError):
-    """A push that cannot or did not happen; the message says why and what the repo now holds."""
 
 
 def _read_json(path: Path) -> dict:
@@ -70,8 +68,13 @@ def _pack_dir(model_dir: Path) -> tuple[Path, bool]:
     return model_dir, False
 
 
+def _pack_config_name(pack_dir: Path) -> str:
+    """`molex_pack_config.json`, or `adapter_config.json` in packs saved before the rename."""
+    return LEGACY_PACK_CONFIG_NAME if not (pack_dir / PACK_CONFIG_NAME).is_file() else PACK_CONFIG_NAME
+
+
 def _check_pack(pack_dir: Path) -> dict:
-    for name in PACK_FILES:
+    for name in (_pack_config_name(pack_dir), *PACK_FILES):
         if not (pack_dir / name).is_file():
             raise PushError(f"{pack_dir}: not an expert pack, `{name}` is missing (write it with save_pretrained)")
     index = _read_json(pack_dir / "index.json")
@@ -139,29 +142,34 @@ def stage(
     config = _check_model(model_dir) if is_model else {}
     index = _check_pack(pack_dir)
     results = load_results(results_path) if results_path else None
+    # What the repo shows of the run: known private keys dropped, any other local path cut to its last component.
+    results = scrub_local_paths(public_results(results)) if results is not None else None
     pack_root = staging if experts_only else staging / "experts"
     if not experts_only:
         for item in sorted(model_dir.iterdir()):
             if item.is_file() and not item.name.startswith(".") and item.name not in ("README.md", "results.json"):
                 shutil.copy2(item, staging / item.name)
     pack_root.mkdir(parents=True, exist_ok=True)
-    for name in ("adapter_config.json", "router.safetensors"):  # index.json is rewritten below, enriched
+    for name in PACK_FILES:  # index.json is rewritten below, enriched
         shutil.copy2(pack_dir / name, pack_root / name)
+    shutil.copy2(pack_dir / _pack_config_name(pack_dir), pack_root / PACK_CONFIG_NAME)
     for entry in index["experts"]:
         shutil.copytree(pack_dir / entry["name"], pack_root / entry["name"])
-    index = enrich_index(index, results)
+    scrub_folder(staging)  # local paths out of config.json, train_config.yaml, experts/*, before the card reads them
+    config = _read_json(staging / "config.json") if is_model and not experts_only else config
+    index = enrich_index(_read_json(pack_root / "index.json"), results)
     (pack_root / "index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
     figures = {}
     if results is not None:
-        (staging / "results.json").write_text(json.dumps(public_results(results), indent=2) + "\n", encoding="utf-8")
+        (staging / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
         for name, relative in sorted((results.get("figures") or {}).items()):
             if name in CARD_FIGURES:
                 source = _find_figure(Path(results_path), relative)
                 (staging / "figures").mkdir(exist_ok=True)
                 figures[name] = f"figures/{source.name}"
                 shutil.copy2(source, staging / figures[name])
-    card_config = config if not experts_only else {"adapter": _read_json(pack_dir / "adapter_config.json")}
+    card_config = config if not experts_only else {"adapter": _read_json(pack_root / PACK_CONFIG_NAME)}
     try:
         card = render_card(
             index,
@@ -175,6 +183,7 @@ def stage(
     except CardError as error:
         raise PushError(str(error)) from error
     (staging / "README.md").write_text(card, encoding="utf-8")
+    check_no_local_paths(staging, extra_roots=[model_dir.resolve()])
     return sorted(p.relative_to(staging).as_posix() for p in staging.rglob("*") if p.is_file())
 
 
@@ -207,9 +216,8 @@ def _remote_json(api: HfApi, repo_id: str, filename: str, revision: str, cache_d
 def _check_remote(api: HfApi, repo_id: str, experts_only: bool, revision: str, remote: set[str], tmp: str) -> None:
     """Refuse to push over a repo holding something else (another model type, a model vs a pack)."""
     config = _remote_json(api, repo_id, "config.json", revision, tmp) if "config.json" in remote else None
-    adapter = (
-        _remote_json(api, repo_id, "adapter_config.json", revision, tmp) if "adapter_config.json" in remote else None
-    )
+    adapter_file = next((n for n in (PACK_CONFIG_NAME, LEGACY_PACK_CONFIG_NAME) if n in remote), None)
+    adapter = _remote_json(api, repo_id, adapter_file, revision, tmp) if adapter_file else None
     if experts_only and config is not None:
         raise PushError(
             f"{repo_id} holds a model (model_type {config.get('model_type')!r}); push an expert pack to its own repo "
@@ -227,6 +235,19 @@ def _check_remote(api: HfApi, repo_id: str, experts_only: bool, revision: str, r
 
 def _is_managed(path: str, kind: str) -> bool:
     return path.startswith(MANAGED_PREFIXES[kind]) or path.endswith(MANAGED_SUFFIXES[kind])
+
+
+def _sent(error: BaseException) -> bool:
+    """Whether the failure happened inside `create_commit` (after which a lost connection may hide a commit that did
+    happen), judged from the traceback of `error` and of the errors it wraps."""
+    while error is not None:
+        trace = error.__traceback__
+        while trace is not None:
+            if trace.tb_frame.f_code.co_name == "create_commit":
+                return True
+            trace = trace.tb_next
+        error = error.__cause__ or error.__context__
+    return False
 
 
 def _push_failure(error: BaseException, repo_id: str, commit_sent: bool) -> BaseException:
@@ -264,38 +285,40 @@ def push(
     token: str | None = None,
     commit_message: str | None = None,
     base_model: str | None = None,
+    parent_commit: str | None = None,
 ) -> CommitInfo:
-    """Push `model_dir` (or its expert pack) to `repo_id` in one commit; returns that commit's info."""
+    """Push `model_dir` (or its expert pack) to `repo_id` in one commit; returns that commit's info. With
+    `parent_commit` the push only lands if the repo's head is still that commit."""
     if constants.HF_HUB_OFFLINE:
         raise PushError("HF_HUB_OFFLINE is set: pushing needs the network (unset it and retry)")
     token = token or get_token()
     if not token:
         raise PushError("No Hugging Face token: set HF_TOKEN or run `hf auth login` (a token with write access)")
-    api = HfApi(token=token)
     kind = "pack" if experts_only else "model"
+
+    def check_remote(api: HfApi, repo_id: str, info, remote: set[str]) -> None:
+        if not force:
+            _check_remote(api, repo_id, experts_only, info.sha, remote, os.path.join(tmp, "cache"))
+
     with tempfile.TemporaryDirectory(prefix="molex-push-") as tmp:
         staging = Path(tmp) / "repo"
         staging.mkdir()
-        paths = stage(model_dir, staging, repo_id, experts_only, results_path, base_model)
-        commit_sent = False
+        stage(model_dir, staging, repo_id, experts_only, results_path, base_model)
         try:
-            repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
-            info = api.model_info(repo_id)
-            remote = {sibling.rfilename for sibling in info.siblings or []}
-            if not force:
-                _check_remote(api, repo_id, experts_only, info.sha, remote, os.path.join(tmp, "cache"))
-            operations = [CommitOperationAdd(path_in_repo=p, path_or_fileobj=str(staging / p)) for p in paths]
-            stale = sorted(p for p in remote - set(paths) if _is_managed(p, kind))
-            operations += [CommitOperationDelete(path_in_repo=p) for p in stale]
-            commit_sent = True  # from here on a lost connection may hide a commit that did happen
-            commit = api.create_commit(
+            commit = upload_folder_in_one_commit(
+                staging,
                 repo_id,
-                operations=operations,
+                token=token,
+                private=private,
                 commit_message=commit_message or f"Upload MoLEx {'expert pack' if experts_only else 'model'}",
-                parent_commit=info.sha,  # the repo we checked, or a 412: no blind overwrite
+                parent_commit=parent_commit,
+                is_managed=lambda path: _is_managed(path, kind),
+                check_remote=check_remote,
             )
         except (HfHubHTTPError, httpx2.HTTPError, OSError, RuntimeError) as error:
-            failure = _push_failure(error, repo_id, commit_sent)
+            if isinstance(error, PushError):
+                raise
+            failure = _push_failure(error, repo_id, commit_sent=_sent(error))
             if failure is error:
                 raise
             raise failure from error
@@ -319,6 +342,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--force", action="store_true", help="push even over a repo holding another model type")
     parser.add_argument("--base-model", help="with --experts-only: the MoLEx model repo the pack was trained on")
     parser.add_argument("--commit-message")
+    parser.add_argument("--parent-commit", help="push only if the repo's head is still this commit (else HTTP 412)")
     parser.add_argument("--dry-run", metavar="DIR", help="write what would be pushed to DIR (new) and stop")
     args = parser.parse_args(argv)
     results = args.results or find_results(args.model_dir)
@@ -339,6 +363,7 @@ def main(argv: list[str] | None = None) -> int:
             force=args.force,
             commit_message=args.commit_message,
             base_model=args.base_model,
+            parent_commit=args.parent_commit,
         )
     except (PushError, CardError) as error:
         print(f"error: {error}", file=sys.stderr)

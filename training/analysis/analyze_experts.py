@@ -6,14 +6,19 @@
   a heatmap PNG (attacks x experts, one panel per layer), the figure the MoLEx paper discusses.
 - Routing signature of a clip: its flattened usage. Signatures of the reference split (train: attacks the model
   knows) are averaged per attack into centroids.
-- Novel-attack score of a clip: L1 distance of its signature to the nearest centroid, divided by its maximum
-  (2 * top_k * routers), so 0 = routed exactly like a known class, 1 = disjoint experts everywhere. The threshold is
-  the 95th percentile of the reference clips' own scores. Centroids + threshold go to MODEL_DIR/routing_signatures.json
-  for the demo; how well the score separates unseen from known attacks (ROC AUC) is reported, not assumed.
+- Novel-attack score of a clip: the model's own novelty distance (`modeling_molex.novelty.clip_novelty`, the one
+  `score_waveform` reports): per window, the L1 distance of its routing to the nearest centroid divided by its maximum
+  (2 * top_k * routers), averaged over the clip's windows; 0 = routed exactly like a known class, 1 = disjoint
+  experts everywhere. The threshold is the 95th percentile of the reference clips' own scores. Centroids + threshold
+  go to MODEL_DIR/routing_signatures.json, which `score_waveform` (pipeline, CLI, demo) reads; how well the score
+  separates unseen from known attacks (ROC AUC, Mann-Whitney U) is reported, not assumed.
+
+Every clip is scored through `model.score_waveforms` (windows of the training crop), as everywhere else.
 """
 
 import argparse
 import json
+import math
 from pathlib import Path
 
 import matplotlib
@@ -22,15 +27,16 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from scipy.stats import mannwhitneyu  # noqa: E402
 
 from modeling_molex import MoLExForAudioClassification  # noqa: E402
+from modeling_molex.novelty import NOVELTY_PERCENTILE, SIGNATURES_FILE, RoutingSignatures, clip_novelty  # noqa: E402
 from training.data.loaders import load_asvspoof5, load_asvspoof2019_la  # noqa: E402
 from training.metrics.scoring import aligned_column, score_dataset  # noqa: E402
 from training.trainer.run_setup import subsample  # noqa: E402
 
 
-SIGNATURES_FILE = "routing_signatures.json"
-NOVELTY_PERCENTILE = 95.0
+__all__ = ["SIGNATURES_FILE", "analyze", "novelty_scores", "roc_auc", "specialisation", "usage_by_group"]
 
 
 def usage_by_group(usage: np.ndarray, groups: list[str]) -> dict[str, np.ndarray]:
@@ -39,25 +45,30 @@ def usage_by_group(usage: np.ndarray, groups: list[str]) -> dict[str, np.ndarray
     return {name: usage[names == name].mean(axis=0) for name in sorted(set(groups))}
 
 
-def novelty_scores(signatures: np.ndarray, centroids: np.ndarray, top_k: int) -> np.ndarray:
-    """(N, R, E) usage vs (C, R*E) centroids -> (N,) L1 distance to the nearest centroid / (2 * top_k * R).
-
-    Each router's usage row sums to top_k, so two rows differ by at most 2 * top_k in L1: the score is in [0, 1].
-    """
-    flat = signatures.reshape(len(signatures), -1)
-    distances = np.abs(flat[:, None, :] - centroids[None, :, :]).sum(axis=-1)  # (N, C)
-    return distances.min(axis=1) / (2.0 * top_k * signatures.shape[1])
+def novelty_scores(window_usages: list[np.ndarray], centroids: dict[str, np.ndarray], top_k: int) -> np.ndarray:
+    """Per clip ((windows, routers, experts) usage each): the model's novelty distance to the nearest centroid."""
+    signatures = RoutingSignatures(centroids, threshold=math.inf)
+    return np.array([clip_novelty(windows, signatures, top_k).distance for windows in window_usages])
 
 
 def roc_auc(positive: np.ndarray, negative: np.ndarray) -> float:
-    """P(score of a positive > score of a negative), ties counted half (Mann-Whitney U / (n_p n_n))."""
-    ranks = np.concatenate([positive, negative]).argsort().argsort().astype(float)
-    values = np.concatenate([positive, negative])
-    for value in np.unique(values):  # average ranks of ties
-        tied = values == value
-        ranks[tied] = ranks[tied].mean()
-    u = ranks[: len(positive)].sum() - len(positive) * (len(positive) - 1) / 2
-    return float(u / (len(positive) * len(negative)))
+    """P(score of a positive > score of a negative), ties counted half: the Mann-Whitney U of `positive` / (n_p n_n)."""
+    return float(mannwhitneyu(positive, negative).statistic / (len(positive) * len(negative)))
+
+
+def check_splits(corpus, data_root: str, split: str, reference_split: str, known_attacks: list[str] | None) -> None:
+    """Fail before any scoring: an empty split leaves nothing to compare, and a misspelt attack name in
+    `known_attacks` would silently count that attack's clips as unseen."""
+    for name in dict.fromkeys([reference_split, split]):
+        if len(corpus[name]) == 0:
+            raise ValueError(f"{data_root}: the {name!r} split is empty: there is no routing to analyse")
+    present = set(corpus[split]["attack"]) | set(corpus[reference_split]["attack"])
+    unknown = sorted(set(known_attacks or []) - present)
+    if unknown:
+        raise ValueError(
+            f"--known_attacks {unknown}: no such attack in the {split!r} or {reference_split!r} split of "
+            f"{data_root} (attacks there: {sorted(present)})"
+        )
 
 
 def save_heatmap(path: Path, table: dict[str, np.ndarray], router_names: list[str], title: str) -> None:
@@ -111,6 +122,7 @@ def analyze(
     model = MoLExForAudioClassification.from_pretrained(model_dir).eval()
     loader = load_asvspoof5 if dataset_name == "asvspoof5" else load_asvspoof2019_la
     corpus = loader(data_root, splits=list(dict.fromkeys([reference_split, split])))
+    check_splits(corpus, data_root, split, reference_split, known_attacks)
     output = Path(output_dir or Path(model_dir).parent / "analysis")
     output.mkdir(parents=True, exist_ok=True)
     top_k = model.config.adapter.top_k
@@ -123,8 +135,8 @@ def analyze(
     reference_groups = aligned_column(reference_data, reference, "attack")
     centroid_table = usage_by_group(reference.expert_usage, reference_groups)
     known_names = list(centroid_table)
-    centroids = np.stack([centroid_table[g].reshape(-1) for g in known_names])
-    reference_novelty = novelty_scores(reference.expert_usage, centroids, top_k)
+    centroids = {name: centroid_table[name].reshape(-1) for name in known_names}
+    reference_novelty = novelty_scores(reference.window_usage, centroids, top_k)
     threshold = float(np.percentile(reference_novelty, NOVELTY_PERCENTILE))
 
     target, target_data = scored[split]
@@ -132,7 +144,7 @@ def analyze(
     codecs = aligned_column(target_data, target, "codec")
     by_attack = usage_by_group(target.expert_usage, attacks)
     by_codec = usage_by_group(target.expert_usage, codecs)
-    novelty = novelty_scores(target.expert_usage, centroids, top_k)
+    novelty = novelty_scores(target.window_usage, centroids, top_k)
     router_names = model.router_names
     save_heatmap(output / f"expert_usage_{split}.png", by_attack, router_names, f"Expert usage per attack ({split})")
     save_heatmap(
@@ -183,7 +195,7 @@ def analyze(
         "top_k": top_k,
         "router_names": router_names,
         "threshold": threshold,
-        "known": {name: centroids[i].round(5).tolist() for i, name in enumerate(known_names)},
+        "known": {name: centroids[name].round(5).tolist() for name in known_names},
     }
     (Path(model_dir) / SIGNATURES_FILE).write_text(json.dumps(signatures, indent=2) + "\n")
     return results

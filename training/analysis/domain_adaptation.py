@@ -33,7 +33,9 @@ def write_new_domain_csv(corpus: str, new_attacks: list[str], path: Path) -> dic
             bucket = zlib.crc32(row["codec_seed"].encode()) % 10
             split = "train" if bucket < 5 else "dev" if bucket < 7 else "eval"
             label = "bonafide" if row["label"] == 1 else "spoof"
-            writer.writerow([row["utt_id"], row["audio"], label, split, row["attack"], row["speaker"], row["codec"]])
+            writer.writerow(
+                [row["utt_id"], row["audio"]["path"], label, split, row["attack"], row["speaker"], row["codec"]]
+            )
             counts[split] = counts.get(split, 0) + 1
     return counts
 

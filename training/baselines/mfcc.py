@@ -18,23 +18,26 @@ from pathlib import Path
 
 import numpy as np
 from scipy.fft import dct
-from scipy.optimize import minimize
 from scipy.signal import stft
+from transformers.audio_utils import mel_filter_bank
 
-from training.corpus.attacks import ATTACK_BY_LABEL, mel_filterbank
+from training.corpus.attacks import ATTACK_BY_LABEL
 from training.data.audio import load_audio
-from training.data.loaders import load_asvspoof5
+from training.data.loaders import audio_paths, load_asvspoof5
 from training.metrics.asvspoof_metrics import compute_metrics
+from training.metrics.calibration import fit_logistic_regression
 
 
 FEATURE_SETS = ("mfcc", "logmel", "nuisance")
 RATE, N_FFT, HOP, N_MELS, N_MFCC = 16000, 512, 160, 40, 20
+# HTK mel, triangles over the FFT bins, unnormalised: (N_MELS, N_FFT // 2 + 1)
+MEL_BANK = mel_filter_bank(N_FFT // 2 + 1, N_MELS, 0.0, RATE / 2, RATE, norm=None, mel_scale="htk").T
 
 
 def log_mel(wave: np.ndarray) -> np.ndarray:
     """(frames, 40) log mel energies from 32 ms Hann frames every 10 ms."""
     power = np.abs(stft(wave, fs=RATE, nperseg=N_FFT, noverlap=N_FFT - HOP, boundary=None)[2]) ** 2
-    return np.log(mel_filterbank(RATE, N_FFT, N_MELS) @ power + 1e-10).T
+    return np.log(MEL_BANK @ power + 1e-10).T
 
 
 def mfcc_features(wave: np.ndarray) -> np.ndarray:
@@ -73,22 +76,6 @@ def features(paths: list[str], sets: list[str]) -> np.ndarray:
     return np.stack(rows)
 
 
-def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = 1.0) -> tuple[np.ndarray, float]:
-    """Class-balanced L2 logistic regression by L-BFGS; returns (weights, bias) with bona fide (1) positive."""
-    weights = np.where(y == 1, 0.5 / max(1, (y == 1).sum()), 0.5 / max(1, (y == 0).sum()))
-    sign = np.where(y == 1, 1.0, -1.0)
-
-    def loss(theta: np.ndarray) -> tuple[float, np.ndarray]:
-        margin = sign * (x @ theta[:-1] + theta[-1])
-        value = np.sum(weights * np.logaddexp(0.0, -margin)) + 0.5 * l2 / len(y) * theta[:-1] @ theta[:-1]
-        slope = -weights * sign * 0.5 * (1 - np.tanh(margin / 2))  # d loss / d logit, overflow-free sigmoid
-        gradient = np.concatenate([x.T @ slope + l2 / len(y) * theta[:-1], [slope.sum()]])
-        return value, gradient
-
-    result = minimize(loss, np.zeros(x.shape[1] + 1), jac=True, method="L-BFGS-B", options={"maxiter": 2000})
-    return result.x[:-1], float(result.x[-1])
-
-
 def summarise(scores: np.ndarray, labels: np.ndarray, attacks: np.ndarray, keep: np.ndarray) -> dict:
     """Metrics on bona fide plus the spoofs selected by ``keep``, with trial counts."""
     chosen = (labels == 1) | keep
@@ -107,10 +94,10 @@ def run_baseline(corpus: str | Path, feature_sets: list[str], l2: float = 1.0) -
     if unknown or not feature_sets:
         raise ValueError(f"--features must be a comma list of {FEATURE_SETS}, got {feature_sets}")
     data = load_asvspoof5(corpus, splits=("train", "dev", "eval"))
-    matrices = {split: features(data[split]["audio"], feature_sets) for split in data}
+    matrices = {split: features(audio_paths(data[split]), feature_sets) for split in data}
     mean, std = matrices["train"].mean(axis=0), matrices["train"].std(axis=0) + 1e-8
     labels = {split: np.asarray(data[split]["label"]) for split in data}
-    weights, bias = fit_logistic((matrices["train"] - mean) / std, labels["train"], l2)
+    weights, bias = fit_logistic_regression((matrices["train"] - mean) / std, labels["train"], l2)
     scores = {split: (m - mean) / std @ weights + bias for split, m in matrices.items()}
     trained_on = sorted(set(data["train"]["attack"]) - {"bonafide"})
     results: dict = {"corpus": str(corpus), "features": feature_sets, "trained_on_attacks": trained_on}

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 from scipy.signal import istft, resample_poly, stft
+from transformers.audio_utils import mel_filter_bank
 
 from training.corpus.sources import missing_package, require_tool
 
@@ -192,15 +193,16 @@ def mlsa(wave: np.ndarray, rate: int, rng: np.random.Generator) -> tuple[np.ndar
 
 
 def mel_filterbank(rate: int, n_fft: int, n_mels: int) -> np.ndarray:
-    """Triangular HTK-style mel filters, ``(n_mels, n_fft // 2 + 1)``."""
-    hz_to_mel = lambda hz: 2595.0 * np.log10(1.0 + hz / 700.0)  # noqa: E731
-    mel_points = np.linspace(hz_to_mel(0.0), hz_to_mel(rate / 2), n_mels + 2)
-    hz_points = 700.0 * (10 ** (mel_points / 2595.0) - 1.0)
-    bins = np.linspace(0, rate / 2, n_fft // 2 + 1)
-    lower, centre, upper = hz_points[:-2, None], hz_points[1:-1, None], hz_points[2:, None]
-    rising = (bins - lower) / (centre - lower)
-    falling = (upper - bins) / (upper - centre)
-    return np.maximum(0.0, np.minimum(rising, falling))
+    """Triangular HTK-style mel filters, ``(n_mels, n_fft // 2 + 1)`` (transformers' bank, no normalisation)."""
+    return mel_filter_bank(
+        num_frequency_bins=n_fft // 2 + 1,
+        num_mel_filters=n_mels,
+        min_frequency=0.0,
+        max_frequency=rate / 2,
+        sampling_rate=rate,
+        norm=None,
+        mel_scale="htk",
+    ).T
 
 
 def griffin_lim(wave: np.ndarray, rate: int, iterations: int, rng: np.random.Generator) -> tuple[np.ndarray, int]:

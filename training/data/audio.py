@@ -1,6 +1,8 @@
 """Waveform I/O and the crop / pad policy: file → mono float32 at 16 kHz → fixed-length clip(s).
 
-Decoding uses `soundfile` (libsndfile is bundled in its wheel) and resampling uses `soxr`. We deliberately avoid
+Decoding, the channel choice and resampling are the model's own (`modeling_molex.audio_io`, shipped with the model
+so that training, evaluation, the CLI, the pipeline and the demo read audio identically): soundfile first, then the
+ffmpeg binary for WebM/Opus, M4A/AAC and other containers; soxr for resampling. We deliberately avoid
 `datasets.Audio`, torchaudio and torchcodec: in datasets 5.x and torchaudio ≥ 2.9 those need FFmpeg shared libraries
 that CPU-only machines and CI images usually lack (see the project notes, hf_apis.md §4).
 """
@@ -10,8 +12,9 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-import soundfile as sf
-import soxr
+
+from modeling_molex.audio_io import AudioInputError, as_channels_first, decode_audio, resample, to_mono
+from modeling_molex.scoring import window_starts
 
 
 __all__ = ["AudioDecodeError", "ClipPolicy", "crop_or_pad", "eval_windows", "load_audio", "normalize"]
@@ -68,22 +71,18 @@ class ClipPolicy:
 
 
 def load_audio(path: str | Path, sampling_rate: int = 16_000) -> np.ndarray:
-    """Read any libsndfile format (FLAC, WAV, OGG, MP3), downmix to mono by averaging channels, resample.
+    """Decode any format soundfile or ffmpeg reads, make it mono (channels averaged unless they cancel: see
+    `modeling_molex.audio_io.to_mono`), resample.
 
-    Returns a 1-D float32 array in [-1, 1]. Raises `AudioDecodeError` naming the file on anything unusable,
-    because a silently empty or NaN clip would poison a whole training batch.
+    Returns a 1-D float32 array. Raises `AudioDecodeError` naming the file on anything unusable (unreadable, empty,
+    NaN or infinite samples), because a silently empty or NaN clip would poison a whole training batch.
     """
     try:
-        data, file_rate = sf.read(str(path), dtype="float32", always_2d=True)  # (T, C)
-    except (sf.LibsndfileError, RuntimeError, OSError, ValueError) as error:
-        raise AudioDecodeError(path, f"{type(error).__name__}: {error}") from error
-    if data.shape[0] == 0:
-        raise AudioDecodeError(path, "the file holds no samples")
-    wave = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
-    if not np.isfinite(wave).all():
-        raise AudioDecodeError(path, "the waveform contains NaN or infinite values")
-    if file_rate != sampling_rate:
-        wave = soxr.resample(wave, file_rate, sampling_rate, quality="HQ")
+        data, file_rate = decode_audio(path)
+        wave, _ = to_mono(as_channels_first(data, str(path)))
+        wave = resample(wave, file_rate, sampling_rate, str(path))
+    except (AudioInputError, OSError) as error:
+        raise AudioDecodeError(path, str(error)) from error
     return np.ascontiguousarray(wave, dtype=np.float32)
 
 
@@ -111,16 +110,14 @@ def crop_or_pad(
 
 
 def eval_windows(wave: np.ndarray, length: int, hop: int, pad: str) -> list[tuple[np.ndarray, int]]:
-    """Cut a clip into `length`-sample windows every `hop` samples; the last window ends at the clip end.
+    """Cut a clip into `length`-sample windows every `hop` samples; the last window ends at the clip end (the
+    model's own window placement, `modeling_molex.scoring.window_starts`).
 
     A clip shorter than `length` gives one padded window. Every sample is covered by at least one window.
     """
-    if len(wave) <= length:
-        return [_pad(wave, length, pad) if len(wave) < length else (wave, length)]
-    starts = list(range(0, len(wave) - length + 1, hop))
-    if starts[-1] != len(wave) - length:
-        starts.append(len(wave) - length)
-    return [(wave[s : s + length], length) for s in starts]
+    if len(wave) < length:
+        return [_pad(wave, length, pad)]
+    return [(wave[s : s + length], length) for s in window_starts(len(wave), length, hop)]
 
 
 def normalize(wave: np.ndarray, num_signal: int) -> np.ndarray:

@@ -1,9 +1,11 @@
 """Spoofing corpora → `datasets.DatasetDict`, and the collator that turns rows into model batches.
 
 Loaders read each corpus exactly as it is shipped (protocol files + audio folders) and return one `Dataset` per
-split with the columns of `FEATURES`: `audio` holds the absolute file path as a plain string. We do not use
-`datasets.Audio` because in datasets 5.x it needs torchcodec + FFmpeg even to store a path; decoding happens in
-`AudioCollator` with soundfile instead, inside the DataLoader workers.
+split with the columns of `FEATURES`: `audio` is a `datasets.Audio(decode=False)` column, so a row's audio is
+`{"path": absolute path, "bytes": None}` and the Hub's tooling sees an audio column. It stays undecoded on purpose:
+in datasets 5.x decoding needs torchcodec + FFmpeg; `AudioCollator` decodes with soundfile inside the DataLoader
+workers, then pads and normalises with the model's feature extractor. `audio_paths(dataset)` lists the paths from
+Arrow without touching the rows.
 
     ds = load_asvspoof5("/data/ASVspoof5", splits=("train", "dev"))
     loader = DataLoader(ds["train"], batch_size=4, shuffle=True, collate_fn=AudioCollator(train=True))
@@ -15,6 +17,7 @@ written into the split's `dataset.info.description` ("... N protocol rows skippe
 
 import logging
 import multiprocessing
+import numbers
 import os
 import zlib
 from collections.abc import Iterable
@@ -24,9 +27,10 @@ from typing import Literal
 import numpy as np
 import pyarrow as pa
 import torch
-from datasets import ClassLabel, Dataset, DatasetDict, DatasetInfo, Features, Value
+from datasets import Audio, ClassLabel, Dataset, DatasetDict, DatasetInfo, Features, Value
+from transformers import Wav2Vec2FeatureExtractor
 
-from training.data.audio import AudioDecodeError, ClipPolicy, crop_or_pad, eval_windows, load_audio, normalize
+from training.data.audio import AudioDecodeError, ClipPolicy, crop_or_pad, eval_windows, load_audio
 from training.data.protocols import (
     ProtocolError,
     check_unique_ids,
@@ -34,6 +38,7 @@ from training.data.protocols import (
     read_asvspoof2019_protocol,
     read_in_the_wild_meta,
     read_label_csv,
+    resolve_audio_paths,
 )
 
 
@@ -46,6 +51,7 @@ __all__ = [
     "ClipPolicy",
     "MissingAudioError",
     "ProtocolError",
+    "audio_paths",
     "load_asvspoof5",
     "load_asvspoof2019_la",
     "load_csv_dataset",
@@ -58,7 +64,7 @@ LABEL_NAMES = ["spoof", "bonafide"]  # index = label id, as in the model's id2la
 FEATURES = Features(
     {
         "utt_id": Value("string"),
-        "audio": Value("string"),  # absolute path; decoded by AudioCollator
+        "audio": Audio(decode=False),  # {"path": absolute path, "bytes": None}; decoded by AudioCollator
         "label": ClassLabel(names=LABEL_NAMES),
         "split": Value("string"),
         "speaker": Value("string"),
@@ -153,8 +159,9 @@ def load_csv_dataset(
     """Load any corpus described by a CSV with columns `path,label` and optionally `utt_id`, `split`, `attack`,
     `speaker`, `gender`, `codec`, `codec_q`, `attack_tag`, `codec_seed` (see `training.data.protocols.read_label_csv`).
 
-    Relative paths are resolved against `audio_root` (default: the CSV's folder). A `split` column splits the rows
-    into several datasets; without it every row goes to `split`.
+    Relative paths are resolved against `audio_root` (default: the CSV's folder) and may not climb out of it with
+    `..`; absolute paths are taken as given. A `split` column splits the rows into several datasets; without it
+    every row goes to `split`. A file listed twice, in any split, is an error.
     """
     csv_path = Path(csv_path)
     if not csv_path.is_file():
@@ -165,9 +172,10 @@ def load_csv_dataset(
     for row in rows:
         by_split.setdefault(row.pop("split") or split, []).append(row)
     check_unique_ids(rows, csv_path)  # across splits too: one file must not be both train and eval
+    resolve_audio_paths(rows, csv_path, os.path.abspath(audio_root), absolute_ok=True)
     return DatasetDict(
         {
-            name: _build_split(part, name, csv_path, audio_root, csv_path.name, skip_missing)
+            name: _build_split(part, name, csv_path, audio_root, csv_path.name, skip_missing, absolute_ok=True)
             for name, part in by_split.items()
         }
     )
@@ -189,47 +197,96 @@ def _find_file(name: str, folders: list[Path]) -> Path:
 
 
 def _build_split(
-    rows: list[dict], split: str, protocol: Path, audio_root: Path, corpus: str, skip_missing: bool
+    rows: list[dict],
+    split: str,
+    protocol: Path,
+    audio_root: Path,
+    corpus: str,
+    skip_missing: bool,
+    absolute_ok: bool = False,
 ) -> Dataset:
-    """Check ids and files, then build the Arrow table.
+    """Check ids, paths and files, then build the Arrow table.
 
     Listing each folder once is much faster than one stat per row, and handing `from_dict` typed Arrow arrays skips
     its per-value Python encoding: together they make the 680k-row ASVspoof 5 eval protocol load in seconds.
     """
     check_unique_ids(rows, protocol)
-    audio_root = os.path.abspath(audio_root)
+    resolve_audio_paths(rows, protocol, os.path.abspath(audio_root), absolute_ok)
     listings: dict[str, set[str] | None] = {}
     present, missing = [], []
     for row in rows:
-        path = os.path.normpath(os.path.join(audio_root, row["audio"]))  # an absolute row["audio"] wins
-        folder, name = os.path.split(path)
+        folder, name = os.path.split(row["audio"])
         if folder not in listings:
             listings[folder] = set(os.listdir(folder)) if os.path.isdir(folder) else None
         if listings[folder] is not None and name in listings[folder]:
-            row["audio"] = path
             present.append(row)
         else:
-            missing.append(path)
+            missing.append(row["audio"])
     description = f"{corpus} {split} split from {protocol}: {len(present)} examples."
     if missing and not skip_missing:
         raise MissingAudioError(protocol, missing, len(rows))
     if missing:
         first = ", ".join(Path(p).stem for p in missing[:_SHOW])
+        if not present:
+            raise ProtocolError(
+                protocol,
+                None,
+                f"every one of the {len(rows)} protocol rows lacks its audio (first: {first}); nothing to load",
+            )
         description += f" {len(missing)} protocol rows skipped because their audio is missing (first: {first})."
         logger.warning(
             "%s: %s protocol rows skipped because their audio is missing (first: %s)", protocol, len(missing), first
         )
-    columns = {key: [split] * len(present) if key == "split" else [row[key] for row in present] for key in FEATURES}
-    arrays = {key: pa.array(values, type=FEATURES[key].pa_type) for key, values in columns.items()}
+    arrays = {
+        key: pa.array([row[key] for row in present], type=FEATURES[key].pa_type)
+        for key in FEATURES
+        if key not in ("audio", "split")
+    }
+    paths = pa.array([row["audio"] for row in present], type=pa.string())
+    arrays["audio"] = pa.StructArray.from_arrays([pa.nulls(len(present), pa.binary()), paths], names=["bytes", "path"])
+    arrays["split"] = pa.array([split] * len(present), type=pa.string())
+    arrays = {key: arrays[key] for key in FEATURES}
     return Dataset.from_dict(arrays, features=FEATURES, info=DatasetInfo(description=description, features=FEATURES))
+
+
+def audio_paths(dataset: Dataset) -> list[str]:
+    """The audio file path of every row, read from the Arrow column (no per-row decoding or dict building)."""
+    column = dataset.with_format("arrow")["audio"]
+    return pa.concat_arrays([chunk.field("path") for chunk in pa.chunked_array(column).chunks]).to_pylist()
+
+
+def _audio_source(row: dict) -> str:
+    """The file behind a row's audio: an `Audio(decode=False)` value `{"path", "bytes"}` or a plain path string."""
+    audio = row["audio"]
+    if isinstance(audio, dict):
+        if audio.get("bytes") is not None or not audio.get("path"):
+            raise ValueError(
+                f"utterance {row.get('utt_id')!r}: the collator reads audio files by path; this row holds in-memory "
+                "bytes without a path (store the file on disk, or decode it before batching)"
+            )
+        return audio["path"]
+    return str(audio)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
 # decoding + batching
 
 
+def _class_label(row: dict) -> int:
+    """The row's label as a class index; `int()` would turn 0.5 into 0 and 1.7 into 1 without a word."""
+    label = row["label"]
+    if isinstance(label, numbers.Integral) and not isinstance(label, bool) and label in (0, 1):
+        return int(label)
+    raise ValueError(f"utterance {row.get('utt_id')!r}: label {label!r} must be 0 (spoof) or 1 (bonafide)")
+
+
 class AudioCollator:
-    """DataLoader `collate_fn`: decode each row's file, resample, crop/pad per `ClipPolicy`, normalise, zero-pad.
+    """DataLoader `collate_fn`: decode each row's file, resample, crop/pad per `ClipPolicy`, then let the model's
+    feature extractor (`Wav2Vec2FeatureExtractor`, e.g. `model.feature_extractor()`) normalise and zero-pad.
+
+    The extractor normalises each clip over its signal samples only (its attention mask), exactly as the pipeline
+    does at inference; without one, the collator builds `Wav2Vec2FeatureExtractor(do_normalize=policy.normalize)`.
+    Training, "center" and "windows" clips are padded to `policy.num_samples`, "full" eval clips to the longest.
 
     Returns `input_values` (float32, B×T), `attention_mask` (int64, 1 = signal sample, 0 = zero padding), `labels`
     (int64, 1 = bonafide) and `utt_ids` (list of str, pop it before `model(**batch)`). With
@@ -249,12 +306,24 @@ class AudioCollator:
         seed: int | None = 0,
         on_error: Literal["raise", "skip"] = "raise",
         crop_per_utterance: bool = False,
+        feature_extractor: Wav2Vec2FeatureExtractor | None = None,
     ):
         if on_error not in ("raise", "skip"):
             raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
         if crop_per_utterance and seed is None:
             raise ValueError("crop_per_utterance needs an integer seed")
         self.policy, self.train, self.seed, self.on_error = policy or ClipPolicy(), train, seed, on_error
+        if feature_extractor is None:
+            feature_extractor = Wav2Vec2FeatureExtractor(
+                sampling_rate=self.policy.sampling_rate, do_normalize=self.policy.normalize, return_attention_mask=True
+            )
+        if feature_extractor.sampling_rate != self.policy.sampling_rate or feature_extractor.feature_size != 1:
+            raise ValueError(
+                f"feature_extractor expects {feature_extractor.feature_size} channel(s) at "
+                f"{feature_extractor.sampling_rate} Hz, but ClipPolicy.sampling_rate is {self.policy.sampling_rate} "
+                "(mono): make them agree"
+            )
+        self.feature_extractor = feature_extractor
         # With crop_per_utterance the random crop of a clip depends only on (seed, epoch, utt_id): a run resumed
         # mid-epoch (which skips batches without collating them) sees exactly the crops of an uninterrupted run.
         self.crop_per_utterance, self.epoch = crop_per_utterance, 0
@@ -296,10 +365,10 @@ class AudioCollator:
         return eval_windows(wave, p.num_samples, p.window_hop or p.num_samples, p.pad)
 
     def __call__(self, rows: list[dict]) -> dict:
-        clips, labels, utt_ids = [], [], []
+        signals, labels, utt_ids = [], [], []
         for row in rows:
             try:
-                wave = load_audio(row["audio"], self.policy.sampling_rate)
+                wave = load_audio(_audio_source(row), self.policy.sampling_rate)
             except AudioDecodeError as error:
                 if self.on_error == "raise":
                     raise
@@ -307,16 +376,25 @@ class AudioCollator:
                 self._skipped[0 if info is None else 1 + info.id % _MAX_WORKERS] += 1
                 logger.warning("skipping utterance %s: %s", row.get("utt_id"), error)
                 continue
+            label = _class_label(row)
             for clip, num_signal in self.clips(wave, row.get("utt_id")):
-                clips.append((normalize(clip, num_signal) if self.policy.normalize else clip, num_signal))
-                labels.append(int(row["label"]))
+                signals.append(clip[:num_signal])  # zero padding is the extractor's job (and its mask's)
+                labels.append(label)
                 utt_ids.append(row["utt_id"])
-        length = max((len(clip) for clip, _ in clips), default=0)
-        input_values = torch.zeros(len(clips), length, dtype=torch.float32)  # (B, T)
-        attention_mask = torch.zeros(len(clips), length, dtype=torch.long)  # (B, T)
-        for i, (clip, num_signal) in enumerate(clips):
-            input_values[i, : len(clip)] = torch.from_numpy(clip)
-            attention_mask[i, :num_signal] = 1
+        if not signals:
+            input_values, attention_mask = torch.zeros(0, 0), torch.zeros(0, 0, dtype=torch.long)
+        else:
+            fixed = self.train or self.policy.eval_mode != "full"
+            features = self.feature_extractor(
+                signals,
+                sampling_rate=self.policy.sampling_rate,
+                padding="max_length" if fixed else "longest",
+                max_length=self.policy.num_samples if fixed else None,
+                return_attention_mask=True,
+                return_tensors="pt",
+            )
+            input_values = features["input_values"].to(torch.float32)  # (B, T)
+            attention_mask = features["attention_mask"].to(torch.long)  # (B, T), 1 = signal
         return {
             "input_values": input_values,
             "attention_mask": attention_mask,

@@ -15,6 +15,7 @@ Value conventions shared by all corpora:
 
 import csv
 import logging
+import os
 from pathlib import Path
 
 
@@ -27,6 +28,8 @@ __all__ = [
     "read_asvspoof2019_protocol",
     "read_in_the_wild_meta",
     "read_label_csv",
+    "require_rows",
+    "resolve_audio_paths",
 ]
 
 logger = logging.getLogger(__name__)
@@ -54,7 +57,20 @@ def parse_label(value: str, path: str | Path, line: int) -> int:
         return 1
     if key in _SPOOF:
         return 0
-    raise ProtocolError(path, line, f"label {value!r} is neither bonafide (bonafide/bona-fide/1) nor spoof (spoof/0)")
+    raise ProtocolError(
+        path,
+        line,
+        f"label {value!r} is neither bonafide (bonafide/bona-fide/1) nor spoof (spoof/0); a fractional or other "
+        "number is not a class",
+    )
+
+
+def require_rows(rows: list[dict], path: str | Path) -> list[dict]:
+    """Refuse a protocol without data rows (empty, blank or header-only): it would give a 0-row split that fails
+    much later ("num_samples=0") without naming the file."""
+    if not rows:
+        raise ProtocolError(path, None, "the protocol lists no utterances (the file is empty or holds only a header)")
+    return rows
 
 
 def _codec(codec: str, quality: str, path: Path, line: int) -> tuple[str, int]:
@@ -121,7 +137,7 @@ def read_asvspoof5_protocol(path: str | Path) -> list[dict]:
                 "line": line,
             }
         )
-    return rows
+    return require_rows(rows, path)
 
 
 def read_asvspoof2019_protocol(path: str | Path) -> list[dict]:
@@ -153,7 +169,7 @@ def read_asvspoof2019_protocol(path: str | Path) -> list[dict]:
                 "line": line,
             }
         )
-    return rows
+    return require_rows(rows, path)
 
 
 def _csv_rows(path: Path, required: tuple[str, ...]):
@@ -196,7 +212,7 @@ def read_in_the_wild_meta(path: str | Path) -> list[dict]:
                 "line": line,
             }
         )
-    return rows
+    return require_rows(rows, path)
 
 
 def read_label_csv(path: str | Path) -> list[dict]:
@@ -233,7 +249,7 @@ def read_label_csv(path: str | Path) -> list[dict]:
                 "line": line,
             }
         )
-    return rows
+    return require_rows(rows, path)
 
 
 def check_unique_ids(rows: list[dict], path: str | Path) -> None:
@@ -245,3 +261,37 @@ def check_unique_ids(rows: list[dict], path: str | Path) -> None:
             raise ProtocolError(
                 path, row["line"], f"duplicate utterance id {row['utt_id']!r} (first seen on line {seen})"
             )
+
+
+def resolve_audio_paths(rows: list[dict], protocol: Path, audio_root: str, absolute_ok: bool) -> None:
+    """Turn each row's audio path into an absolute, normalised path, in place, refusing two kinds of rows.
+
+    - A path that leaves `audio_root` (`../flac_D/D_...`, `/etc/passwd`): a protocol names files *of its split*, and
+      following such a row would silently read another split's audio (dev into train). The check is on the path
+      as written, after `..` is collapsed; symlinks inside the folder are followed as the release may use them.
+      Only a CSV (`absolute_ok`) may name absolute paths anywhere: there the user describes the corpus explicitly.
+    - A file listed twice (under any spelling or utterance id): it would count twice in every metric, and with
+      opposite labels it is a contradiction.
+    """
+    root_prefix = audio_root.rstrip(os.sep) + os.sep
+    first: dict[str, dict] = {}
+    for row in rows:
+        written = row["audio"]
+        path = os.path.normpath(os.path.join(audio_root, written))  # an absolute `written` wins the join
+        if not (absolute_ok and os.path.isabs(written)) and not path.startswith(root_prefix):
+            raise ProtocolError(
+                protocol,
+                row["line"],
+                f"audio {written!r} resolves to {path}, outside the split's audio folder {audio_root}; a protocol "
+                "may only name files inside its own split's folder",
+            )
+        earlier = first.setdefault(path, row)
+        if earlier is not row:
+            clash = " with the opposite label" if earlier["label"] != row["label"] else ""
+            raise ProtocolError(
+                protocol,
+                row["line"],
+                f"{path} is listed again (first on line {earlier['line']} as {earlier['utt_id']!r}){clash}; each "
+                "file may appear once",
+            )
+        row["audio"] = path

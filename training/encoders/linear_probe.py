@@ -15,10 +15,11 @@ import numpy as np
 import torch
 from transformers import AutoConfig, AutoModel
 
-from training.baselines.mfcc import fit_logistic, summarise
+from training.baselines.mfcc import summarise
 from training.corpus.attacks import ATTACK_BY_LABEL
 from training.data.audio import load_audio, normalize
-from training.data.loaders import load_asvspoof5
+from training.data.loaders import audio_paths, load_asvspoof5
+from training.metrics.calibration import fit_logistic_regression
 
 
 L2_VALUES = (1.0, 10.0, 100.0)
@@ -48,7 +49,7 @@ def embed(encoder: torch.nn.Module, paths: list[str]) -> dict[str, np.ndarray]:
 def probe(corpus: str, encoder: torch.nn.Module) -> dict:
     """EER / minDCF on dev, eval, eval known and eval unseen for each pooling and L2 value."""
     data = load_asvspoof5(corpus, splits=("train", "dev", "eval"))
-    features = {split: embed(encoder, data[split]["audio"]) for split in data}
+    features = {split: embed(encoder, audio_paths(data[split])) for split in data}
     labels = {split: np.asarray(data[split]["label"]) for split in data}
     trained_on = sorted(set(data["train"]["attack"]) - {"bonafide"})
     attacks = np.asarray(data["eval"]["attack"])
@@ -60,7 +61,7 @@ def probe(corpus: str, encoder: torch.nn.Module) -> dict:
         train = features["train"][pooling]
         mean, std = train.mean(0), train.std(0) + 1e-8
         for l2 in L2_VALUES:
-            weights, bias = fit_logistic((train - mean) / std, labels["train"], l2)
+            weights, bias = fit_logistic_regression((train - mean) / std, labels["train"], l2)
             scores = {s: (features[s][pooling] - mean) / std @ weights + bias for s in ("dev", "eval")}
             spoof = labels["eval"] == 0
             row = {

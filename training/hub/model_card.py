@@ -1,39 +1,35 @@
-"""Model cards for pushed MoLEx models and expert packs, rendered from the repository's `model_card.md` template.
+"""Model cards for pushed MoLEx models and expert packs: the training side (results.json) of the renderer that ships
+with the model code (`modeling_molex/model_card.py`, so `model.push_to_hub` renders the same card).
 
     python -m training.hub.model_card MODEL_DIR [--results results.json] [--repo-id user/name] [--output README.md]
-
-Every number in a card comes from `results.json` (written by the training script); without it the card says that no
-evaluation results were recorded and has no `model-index`, rather than inventing numbers. The YAML header is built
-with `huggingface_hub.ModelCardData` / `EvalResult`, so the Hub parses it as it parses any other card.
 """
 
 import argparse
 import json
 import os
-import re
 from pathlib import Path
 from typing import Any
 
-import jinja2
-from huggingface_hub import EvalResult, ModelCard, ModelCardData
+from modeling_molex.model_card import (
+    PRIVATE_CONFIG_KEYS,
+    CardError,
+    describe_dataset,
+    enrich_index,
+    eval_results,
+    render_card,
+)
 
 
-TEMPLATE_PATH = Path(__file__).resolve().parents[2] / "model_card.md"
-TAGS = ["audio-deepfake-detection", "anti-spoofing", "mixture-of-experts", "lora", "peft", "molex"]
-SPLIT_TITLES = {
-    "dev": "development",
-    "eval": "evaluation",
-    "eval_known_attacks": "evaluation, attacks seen in training",
-    "eval_unseen_attacks": "evaluation, attacks unseen in training",
-}
-LAYER_PATTERN = re.compile(r"\.layers\.(\d+)\.")
-DATASET_NAMES = {"asvspoof5": "ASVspoof 5", "asvspoof2019_la": "ASVspoof 2019 LA", "in_the_wild": "In-the-Wild"}
-MINI_CORPUS_MARKER = "mini_corpus.metadata.tsv"  # written by training.corpus.make_mini_corpus at the corpus root
-PRIVATE_CONFIG_KEYS = re.compile(r"(^|_)(dir|root|path|file)$")  # local paths: not published
-
-
-class CardError(ValueError):
-    """A results file or model folder the card cannot be built from; the message names the file and field."""
+__all__ = [
+    "PRIVATE_CONFIG_KEYS",
+    "CardError",
+    "describe_dataset",
+    "enrich_index",
+    "eval_results",
+    "find_results",
+    "load_results",
+    "render_card",
+]
 
 
 def load_results(path: str | os.PathLike) -> dict[str, Any]:
@@ -63,229 +59,6 @@ def find_results(model_dir: str | os.PathLike) -> str | None:
     return None
 
 
-def describe_dataset(results: dict | None) -> tuple[str | None, str | None]:
-    """(display name, Hub-style id) of the training corpus. `results.json` records the loader format (e.g.
-    "asvspoof5"), which the offline mini corpus shares, so the corpus root is checked for the mini corpus's
-    metadata file: a card must never present a mini-corpus model as an ASVspoof 5 one."""
-    dataset = (results or {}).get("dataset") or {}
-    name = dataset.get("display_name") or dataset.get("name")
-    if not name:
-        return None, None
-    root = dataset.get("root")
-    if "mini corpus" in str(name).lower() or (root and (Path(root) / MINI_CORPUS_MARKER).is_file()):
-        return "MoLEx mini corpus", "molex-mini-corpus"
-    slug = str(name) if str(name) in DATASET_NAMES else re.sub(r"[^a-z0-9]+", "-", str(name).lower()).strip("-")
-    return DATASET_NAMES.get(str(name), str(name)), dataset.get("hub_id") or slug
-
-
-def eval_results(results: dict | None) -> list[EvalResult]:
-    """One EER (in %) and one minDCF entry per split, for the YAML `model-index`."""
-    if not results or not results.get("metrics"):
-        return []
-    name, dataset_type = describe_dataset(results)
-    entries = []
-    for split, metrics in results["metrics"].items():
-        for metric_type, metric_name, value in (
-            ("eer", "EER (%)", round(100 * metrics["eer"], 3)),
-            ("min_dcf", "minDCF", round(metrics["min_dcf"], 4)),
-        ):
-            entries.append(
-                EvalResult(
-                    task_type="audio-classification",
-                    task_name="Audio deepfake detection",
-                    dataset_type=dataset_type or "unrecorded",
-                    dataset_name=name or "unrecorded dataset",
-                    dataset_split=split,
-                    metric_type=metric_type,
-                    metric_name=metric_name,
-                    metric_value=value,
-                )
-            )
-    return entries
-
-
-def _is_hub_id(name: str | None) -> bool:
-    return bool(name) and not os.path.isabs(name) and re.fullmatch(r"[\w.-]+/[\w.-]+", name) is not None
-
-
-def _results_section(results: dict | None) -> str:
-    if not results or not results.get("metrics"):
-        return (
-            "No evaluation results recorded: this card was generated without a `results.json`, so it reports no "
-            "numbers. Evaluate the model on your own data before relying on it."
-        )
-    dataset = describe_dataset(results)[0] or "an unrecorded dataset"
-    lines = [
-        f"On {dataset} (EER and minDCF as in the ASVspoof 5 challenge; minDCF with P_spoof = 0.05, C_miss = 1, "
-        "C_fa = 10, normalised):",
-        "",
-        "| split | EER (%) | minDCF | actDCF | Cllr (bits) | bona fide | spoof |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for split, m in results["metrics"].items():
-        extra = [f"{m[k]:.4f}" if isinstance(m.get(k), int | float) else "-" for k in ("act_dcf", "cllr")]
-        counts = [f"{m[k]:,}" if isinstance(m.get(k), int) else "-" for k in ("num_bonafide", "num_spoof")]
-        title = SPLIT_TITLES.get(split, split)
-        lines.append(f"| {title} | {100 * m['eer']:.2f} | {m['min_dcf']:.4f} | {' | '.join(extra + counts)} |")
-    rows = [
-        row
-        for row in (results.get("breakdown") or {}).get("eval_by_attack") or []
-        if (row.get("attack") or row.get("name")) != "pooled" and isinstance(row.get("eer"), int | float)
-    ]
-    if rows:
-        lines += ["", "Evaluation set, per attack (each attack against all bona fide trials):", ""]
-        lines += ["| attack | EER (%) | minDCF |", "|---|---|---|"]
-        for row in rows:
-            min_dcf = f"{row['min_dcf']:.4f}" if isinstance(row.get("min_dcf"), int | float) else "-"
-            lines.append(f"| {row.get('attack') or row.get('name')} | {100 * row['eer']:.2f} | {min_dcf} |")
-    return "\n".join(lines)
-
-
-def _training_data(results: dict | None, backbone_name: str) -> str:
-    name, dataset_type = describe_dataset(results)
-    if not name:
-        return (
-            "No record of the training data came with this model (no `results.json`): treat its scores as unvalidated."
-        )
-    text = f"Trained on {name} only, starting from {backbone_name}."
-    if dataset_type == "molex-mini-corpus":
-        text += (
-            " The MoLEx mini corpus is a small corpus synthesised offline from a few speakers and simple attacks: "
-            "this model demonstrates the pipeline and is not a usable detector of real deepfakes."
-        )
-    return text
-
-
-def _config_section(results: dict | None, config: dict, backbone_name: str) -> str:
-    adapter = config.get("adapter", {})
-    rows = {
-        "backbone": backbone_name,
-        "experts / top-k / rank / alpha": (
-            f"{adapter.get('num_experts')} / {adapter.get('top_k')} / {adapter.get('r')} / {adapter.get('lora_alpha')}"
-        ),
-        "target modules": ", ".join(adapter.get("target_modules", [])),
-        "routing": f"{adapter.get('router_granularity')} granularity, {adapter.get('router_scope')} scope",
-    }
-    if config.get("pooling"):  # a pack has no back-end
-        rows["pooling"] = config["pooling"]
-    for key, value in sorted(((results or {}).get("config") or {}).items()):
-        if isinstance(value, str | int | float | bool) and key not in rows and not PRIVATE_CONFIG_KEYS.search(key):
-            rows[key] = value
-    if results and isinstance(results.get("wall_time_s"), int | float):
-        seconds = results["wall_time_s"]
-        rows["training wall time"] = f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.1f} min"
-    lines = ["| setting | value |", "|---|---|"] + [f"| {key} | {value} |" for key, value in rows.items()]
-    if not results or not results.get("config"):
-        lines += ["", "No training run was recorded with this card; the table shows the model's own config."]
-    return "\n".join(lines)
-
-
-def enrich_index(index: dict, results: dict | None) -> dict:
-    """The pack's `index.json` plus, per expert, the layers and module types it covers and (from the analysis
-    results) the attacks it specialises in. Extra keys only: `load_experts` reads name and router column."""
-    specialisation = (results or {}).get("expert_specialisation") or {}
-    experts = []
-    for entry in index.get("experts", []):
-        modules = entry.get("modules", [])
-        layers = sorted({int(m.group(1)) for m in map(LAYER_PATTERN.search, modules) if m})
-        entry = {**entry, "layers": layers, "module_types": sorted({path.rsplit(".", 1)[-1] for path in modules})}
-        if entry["name"] in specialisation:
-            entry["attacks"] = list(specialisation[entry["name"]])
-        experts.append(entry)
-    return {**index, "experts": experts}
-
-
-def _expert_table(index: dict) -> str:
-    lines = [
-        "| expert | pack | router column | rank | alpha | layers | modules | specialises in |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for e in index["experts"]:
-        layers = ", ".join(map(str, e["layers"])) or "-"
-        attacks = (", ".join(e["attacks"]) or "no attack stands out") if "attacks" in e else "not analysed"
-        lines.append(
-            f"| `{e['name']}` | {e['pack']} | {e['router_column']} | {e['r']} | {e['lora_alpha']} | {layers} | "
-            f"{', '.join(e['module_types'])} ({len(e.get('modules', []))}) | {attacks} |"
-        )
-    return "\n".join(lines)
-
-
-def render_card(
-    index: dict,
-    config: dict,
-    results: dict | None,
-    repo_id: str,
-    is_pack: bool = False,
-    figures: dict[str, str] | None = None,
-    template_path: str | os.PathLike = TEMPLATE_PATH,
-    base_model: str | None = None,
-) -> str:
-    """The card's markdown. `index` is the (enriched) expert-pack index; `config` the model's `config.json` dict
-    (for a pack: `{"adapter": pack adapter_config}`); `figures` maps "expert_usage" / "det" to paths inside the
-    repo; `base_model` the MoLEx model repo a pack was trained on (the Hub then lists the pack as its adapter)."""
-    figures = figures or {}
-    adapter = config.get("adapter", {})
-    backbone = index.get("backbone", {})
-    backbone_name = backbone.get("name_or_path") or config.get("backbone_name_or_path")
-    backbone_id = backbone_name or "BACKBONE_ID"  # in code snippets; the prose says the name was not recorded
-    backbone_name = backbone_name or "an SSL backbone whose name was not recorded"
-    metrics = sorted({"eer", "min_dcf"}) if results and results.get("metrics") else None
-    card_data = ModelCardData(
-        library_name="transformers",
-        pipeline_tag="audio-classification",
-        license="apache-2.0",
-        tags=TAGS + (["expert-pack"] if is_pack else []),
-        datasets=[describe_dataset(results)[1]] if describe_dataset(results)[1] else None,
-        metrics=metrics,
-        base_model=base_model or (backbone_name if _is_hub_id(backbone_name) else None),
-        model_name=repo_id.split("/")[-1],
-        eval_results=eval_results(results) or None,
-    )
-    if figures.get("expert_usage"):
-        usage_section = (
-            f"![Expert usage per layer]({figures['expert_usage']})\n\nShare of clips routed to each expert, per "
-            "layer and attack (from the expert analysis of the evaluation set)."
-        )
-    else:
-        usage_section = "No expert-usage figure was recorded for this model."
-    experts = index["experts"]
-    environment = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
-    template = environment.from_string(Path(template_path).read_text(encoding="utf-8"))
-    content = template.render(
-        card_data=card_data.to_yaml(),
-        title=f"MoLEx expert pack: {repo_id}" if is_pack else f"MoLEx: {repo_id}",
-        is_pack=is_pack,
-        repo_id=repo_id,
-        num_experts=len(experts),
-        rank=adapter.get("r"),
-        top_k=adapter.get("top_k"),
-        targets=", ".join(f"`{t}`" for t in adapter.get("target_modules", [])),
-        routing="per clip" if adapter.get("router_granularity") == "utterance" else "per frame",
-        backbone_type=backbone.get("model_type", "unknown"),
-        backbone_name=backbone_name,
-        backbone_id=backbone_id,
-        base_model_id=base_model or "BASE_MOLEX_MODEL",
-        num_layers=backbone.get("num_hidden_layers", "?"),
-        first_expert=experts[0]["name"] if experts else "expert_0",
-        results_section=_results_section(results)
-        + (f"\n\n![DET curves]({figures['det']})" if figures.get("det") and results else ""),
-        training_data=_training_data(results, backbone_name),
-        extra_limitations=(
-            "- WavLM computes attention from the raw projection weights, so with plain `peft` a WavLM expert only "
-            "acts through its feed-forward parts; the MoLEx model code applies it everywhere."
-            if backbone.get("model_type") == "wavlm"
-            else ""
-        ),
-        config_section=_config_section(results, config, backbone_name),
-        expert_table=_expert_table(index),
-        usage_section=usage_section,
-    )
-    if "{{" in content or "{%" in content:
-        raise CardError(f"{template_path}: the rendered card still holds template syntax")
-    ModelCard(content)  # parses the YAML header the way the Hub does; raises on a malformed one
-    return content
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model_dir", help="a folder written by save_pretrained (or an expert pack folder)")
@@ -297,7 +70,12 @@ def main(argv: list[str] | None = None) -> None:
     is_pack = not pack_dir.is_dir()
     pack_dir = Path(args.model_dir) if is_pack else pack_dir
     index = json.loads((pack_dir / "index.json").read_text(encoding="utf-8"))
-    config_path = pack_dir / "adapter_config.json" if is_pack else Path(args.model_dir) / "config.json"
+    pack_config = next(
+        n
+        for n in ("molex_pack_config.json", "adapter_config.json")
+        if (pack_dir / n).is_file() or n == "adapter_config.json"
+    )
+    config_path = pack_dir / pack_config if is_pack else Path(args.model_dir) / "config.json"
     config = json.loads(config_path.read_text(encoding="utf-8"))
     config = {"adapter": config} if is_pack else config
     results = load_results(args.results) if args.results else None

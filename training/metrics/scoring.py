@@ -1,8 +1,11 @@
 """Score a split with a (possibly distributed) model, and turn scores into metrics, tables, files and plots.
 
-Every rank scores its shard; the (utt_id, score) pairs are gathered and averaged per utterance. Averaging per
-utt_id also absorbs the duplicates that distributed samplers add to even out the last batch, and merges the windows
-of `eval_mode="windows"`, so the same code is right for one process or many.
+Outside training (`score_dataset`: evaluation, expert analysis) every clip goes through the model's own scoring path,
+`model.score_waveforms` (windows of the training crop, batched; the same numbers as the pipeline, the CLI and the
+demo). Inside training (`score_loader`) batches come from the collator. Every rank scores its shard; the
+(utt_id, score) pairs are gathered and averaged per utterance. Averaging per utt_id also absorbs the duplicates that
+distributed samplers add to even out the last batch, and merges the windows of `eval_mode="windows"`, so the same
+code is right for one process or many.
 """
 
 import json
@@ -14,12 +17,9 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import gather_object
 from datasets import Dataset
-from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from modeling_molex import detection_scores
-from training.data.audio import ClipPolicy
-from training.data.loaders import AudioCollator
 from training.metrics.asvspoof_metrics import breakdown_by_attack, breakdown_by_codec, compute_metrics, format_table
 from training.metrics.calibration import apply_calibration
 from training.metrics.score_files import write_key_file, write_score_file
@@ -33,6 +33,7 @@ class SplitScores:
     scores: np.ndarray  # (N,) float64, logit[bonafide] - logit[spoof], averaged over windows
     labels: np.ndarray  # (N,) int, 1 = bonafide
     expert_usage: np.ndarray | None = None  # (N, routers, experts), averaged over windows, when requested
+    window_usage: list[np.ndarray] | None = None  # per utterance (windows, routers, experts), from score_dataset
 
 
 @torch.no_grad()
@@ -65,16 +66,55 @@ def score_dataset(
     dataset: Dataset,
     batch_size: int = 8,
     with_usage: bool = False,
-    eval_mode: str = "full",
     accelerator: Accelerator | None = None,
 ) -> SplitScores:
-    """Score a dataset outside a training run (evaluation and analysis scripts); shards it when `accelerator`
-    runs several processes."""
+    """Raw (uncalibrated) scores of every row of `dataset` through `model.score_waveforms`, for evaluation and
+    analysis scripts. Every trial is scored, near-silent ones too (the official protocol scores every trial); a file
+    that cannot be read raises, naming it. Shards the rows when `accelerator` runs several processes."""
     accelerator = accelerator or Accelerator()
-    policy = ClipPolicy(normalize=model.config.normalize_audio, eval_mode=eval_mode)
-    loader = DataLoader(dataset, batch_size=batch_size, collate_fn=AudioCollator(policy, train=False))
-    model, loader = accelerator.prepare(model, loader)
-    return score_loader(model, loader, accelerator, with_usage=with_usage, description=str(dataset.split or "scoring"))
+    model = model.to(accelerator.device).eval()
+    shard = range(accelerator.process_index, len(dataset), accelerator.num_processes)
+    local: list[tuple] = []
+    progress = tqdm(total=len(shard), desc=str(dataset.split or "scoring"), leave=False,
+                    disable=not accelerator.is_local_main_process)  # fmt: skip
+    indices = list(shard)
+    for first in range(0, len(indices), batch_size):
+        rows = [dataset[i] for i in indices[first : first + batch_size]]
+        paths = [_audio_path(row["audio"]) for row in rows]
+        decoded = [model.read_audio(path) for path in paths]
+        results = model.score_waveforms(
+            [wave for wave, _ in decoded],
+            [rate for _, rate in decoded],
+            batch_size=batch_size,
+            calibrate=False,
+            flag_silence=False,
+            signatures=None,
+            names=paths,
+        )
+        for row, result in zip(rows, results, strict=True):
+            usage = result.window_expert_usage.numpy() if with_usage else None
+            local.append((row["utt_id"], result.score, int(row["label"]), usage))
+        progress.update(len(rows))
+    progress.close()
+    rows = gather_object(local) if accelerator.num_processes > 1 else local
+    return _collect_clips(rows, with_usage)
+
+
+def _audio_path(audio: str | dict) -> str:
+    """A row's audio column: a path, or `Audio(decode=False)`'s `{"path", "bytes"}`."""
+    return audio["path"] if isinstance(audio, dict) else audio
+
+
+def _collect_clips(rows: list[tuple], with_usage: bool) -> SplitScores:
+    """One (utt_id, score, label, window usage) per clip -> SplitScores sorted by utt_id (duplicates merged)."""
+    by_id = {utt_id: (score, label, usage) for utt_id, score, label, usage in rows}
+    utt_ids = sorted(by_id)
+    scores = np.array([by_id[u][0] for u in utt_ids], dtype=np.float64)
+    labels = np.array([by_id[u][1] for u in utt_ids], dtype=np.int64)
+    if not with_usage or not utt_ids:
+        return SplitScores(utt_ids, scores, labels)
+    windows = [by_id[u][2] for u in utt_ids]
+    return SplitScores(utt_ids, scores, labels, np.stack([w.mean(axis=0) for w in windows]), windows)
 
 
 def _average_per_utterance(rows: list[tuple], with_usage: bool) -> SplitScores:

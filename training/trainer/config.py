@@ -63,6 +63,11 @@ class TrainConfig:
     head_hidden_size: int = _help("Hidden size of the classification MLP.", 128)
     head_dropout: float = _help("Dropout in the classification MLP.", 0.1)
     class_weights: list[float] | None = _help("Cross-entropy weights [spoof, bonafide]; none when unset.", None)
+    backbone_dropout: float | None = _help(
+        "Override every dropout probability inside the frozen backbone (hidden, attention, activation, feature "
+        "projection); unset keeps the backbone's own. 0 makes training deterministic given the data.",
+        None,
+    )
     gradient_checkpointing: bool = _help("Recompute transformer blocks in backward (less memory, more time).", False)
     checkpoint_every_n_blocks: int = _help(
         "With gradient_checkpointing: recompute only every n-th block (2 halves the extra time; see bench_train).", 1
@@ -119,11 +124,16 @@ class TrainConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"`{name}` must be >= 1, got {getattr(self, name)}")
-        for name in ("add_experts", "num_workers", "eval_every_steps", "early_stopping_patience"):
+        non_negative = ["add_experts", "num_workers", "eval_every_steps", "early_stopping_patience"]
+        for name in (*non_negative, "weight_decay", "max_grad_norm"):
             if getattr(self, name) < 0:
                 raise ValueError(f"`{name}` must be >= 0, got {getattr(self, name)}")
         if self.top_k > self.num_experts:
             raise ValueError(f"`top_k` ({self.top_k}) cannot exceed `num_experts` ({self.num_experts})")
+        if self.backbone_dropout is not None and not 0 <= self.backbone_dropout < 1:
+            raise ValueError(f"`backbone_dropout` must be in [0, 1), got {self.backbone_dropout}")
+        if self.backbone_dropout is not None and self.init_from:
+            raise ValueError("`backbone_dropout` applies to a fresh backbone; `init_from` keeps the trained model's")
         if not 0 <= self.warmup_ratio < 1:
             raise ValueError(f"`warmup_ratio` must be in [0, 1), got {self.warmup_ratio}")
         if self.learning_rate <= 0:

@@ -1,13 +1,15 @@
 """The pieces a training run is assembled from: corpus, model, data loaders and optimizer, from a `TrainConfig`."""
 
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import torch
 from accelerate import Accelerator
 from datasets import Dataset, DatasetDict
 from torch.utils.data import DataLoader
-from transformers import get_scheduler
+from transformers import AutoConfig, get_scheduler
 
 from modeling_molex import MoLExAdapterConfig, MoLExForAudioClassification, TopKRouter
 from modeling_molex.layers import MoLExLinear
@@ -15,6 +17,7 @@ from training.data.audio import ClipPolicy
 from training.data.loaders import AudioCollator, load_asvspoof5, load_asvspoof2019_la, load_csv_dataset
 from training.encoders.tiny_random import build_tiny_backbone
 from training.trainer.config import TINY_RANDOM_BACKBONE, TrainConfig
+from training.trainer.distributed import share_folder
 
 
 # MoLExAdapterConfig field -> TrainConfig field (the training config flattens the adapter's fields).
@@ -77,9 +80,9 @@ def build_model(config: TrainConfig, accelerator: Accelerator) -> MoLExForAudioC
         backbone = config.backbone
         if backbone == TINY_RANDOM_BACKBONE:
             backbone = os.path.join(config.output_dir, "tiny_backbone")
-            if accelerator.is_main_process and not os.path.isfile(os.path.join(backbone, "config.json")):
-                build_tiny_backbone(backbone, config.seed)
-            accelerator.wait_for_everyone()
+            if accelerator.is_main_process:
+                _build_tiny_backbone_once(backbone, config.seed)
+            share_folder(backbone, accelerator)  # nodes need not share a disk
         adapter = MoLExAdapterConfig(**{field: getattr(config, name) for field, name in ADAPTER_FIELDS.items()})
         torch.manual_seed(config.seed)
         model = MoLExForAudioClassification.from_backbone(
@@ -89,6 +92,13 @@ def build_model(config: TrainConfig, accelerator: Accelerator) -> MoLExForAudioC
             head_hidden_size=config.head_hidden_size,
             head_dropout=config.head_dropout,
             class_weights=config.class_weights,
+            backbone_kwargs=backbone_dropout_overrides(backbone, config.backbone_dropout),
+        )
+    shortest = min_input_samples(model.config.backbone_config)
+    if config.crop_samples < shortest:
+        raise ValueError(
+            f"`crop_samples` ({config.crop_samples}) is shorter than one frame of the backbone, whose feature "
+            f"encoder needs at least {shortest} samples"
         )
     if config.trainable != "experts":
         apply_baseline_scope(model, config.trainable)
@@ -96,6 +106,39 @@ def build_model(config: TrainConfig, accelerator: Accelerator) -> MoLExForAudioC
     if config.gradient_checkpointing:
         model.activation_checkpointing_enable(every_n_layers=config.checkpoint_every_n_blocks)
     return model
+
+
+BACKBONE_DROPOUT_FIELDS = ("hidden_dropout", "attention_dropout", "activation_dropout", "feat_proj_dropout")
+
+
+def backbone_dropout_overrides(backbone: str, dropout: float | None) -> dict[str, float] | None:
+    """`backbone_kwargs` that set every dropout field the backbone's config has to `dropout` (None: no change)."""
+    if dropout is None:
+        return None
+    fields = AutoConfig.from_pretrained(backbone).to_dict()
+    return {name: dropout for name in BACKBONE_DROPOUT_FIELDS if name in fields}
+
+
+def _build_tiny_backbone_once(folder: str, seed: int) -> None:
+    """Build the seeded tiny backbone into `folder` unless it is there; staged and renamed, so that a run killed
+    while building leaves no half-written folder."""
+    if os.path.isfile(os.path.join(folder, "config.json")):
+        return
+    staging = tempfile.mkdtemp(prefix=".tiny_backbone-", dir=os.path.dirname(folder) or ".")
+    try:
+        build_tiny_backbone(staging, seed)
+        os.replace(staging, folder)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def min_input_samples(backbone_config) -> int:
+    """Samples in one output frame of a wav2vec2-style convolutional feature encoder (its receptive field): 400
+    for wav2vec2 / XLS-R / WavLM. Shorter input yields no frame at all."""
+    field = 1
+    for kernel, stride in reversed(list(zip(backbone_config.conv_kernel, backbone_config.conv_stride, strict=True))):
+        field = (field - 1) * stride + kernel
+    return field
 
 
 def apply_baseline_scope(model: MoLExForAudioClassification, scope: str) -> None:

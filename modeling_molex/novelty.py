@@ -1,4 +1,4 @@
-"""Novel-attack indicator: how far a clip's routing is from the routing of every known class.
+"""Novel-attack indicator (shipped as remote code): how far a clip's routing is from the routing of every known class.
 
 MoLEx routes each clip to top_k experts per router. If clips of one attack consistently fire the same experts, the
 mean expert usage of that attack is its *routing signature*. A spoof whose routing lies far from every known
@@ -13,7 +13,7 @@ Each vector is a class's mean `expert_usage` (routers x experts, in `model.route
 row. The distance is the L1 distance divided by its maximum, 2 * top_k * routers (each router's usage row sums to
 top_k), so 0 = routed exactly like a known class and 1 = disjoint experts in every router; `threshold` is in those
 units (the analysis takes the 95th percentile of the training clips' own distances). `top_k` and `router_names` are
-optional in the file; the demo checks them against the model when present. Plain numpy, no model or UI.
+optional in the file; `load_model_signatures` checks them against the model when present. Plain numpy.
 """
 
 import json
@@ -25,15 +25,20 @@ import numpy as np
 
 
 __all__ = [
+    "NOVELTY_PERCENTILE",
     "SIGNATURES_FILE",
     "NoveltyResult",
     "RoutingSignatures",
+    "check_signatures",
+    "clip_novelty",
     "load_routing_signatures",
+    "nearest_signatures",
     "routing_novelty",
     "signature_distance",
 ]
 
 SIGNATURES_FILE = "routing_signatures.json"
+NOVELTY_PERCENTILE = 95.0  # the threshold: this percentile of the reference (training) clips' own distances
 
 
 @dataclass(frozen=True)
@@ -62,23 +67,32 @@ class NoveltyResult:
 def signature_distance(usage: np.ndarray, signature: np.ndarray, top_k: int) -> float:
     """L1 distance between (routers, experts) usage and a flattened signature, / its maximum 2 * top_k * routers."""
     usage = np.asarray(usage, dtype=np.float64)
-    routers = usage.shape[0]
-    return float(np.abs(usage.reshape(-1) - np.asarray(signature, dtype=np.float64)).sum() / (2.0 * top_k * routers))
+    return float(nearest_signatures(usage[None], np.asarray(signature, np.float64)[None], top_k)[0][0])
+
+
+def nearest_signatures(usages: np.ndarray, centroids: np.ndarray, top_k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(N, routers, experts) usages vs (C, routers * experts) signatures -> for each of the N: the distance to the
+    nearest signature, in [0, 1], and that signature's index. Vectorised: analysis scores whole corpora with it."""
+    usages = np.asarray(usages, dtype=np.float64)
+    if usages.ndim != 3:
+        raise ValueError(f"expert usage must be (clips or windows, routers, experts), got shape {usages.shape}")
+    flat = usages.reshape(len(usages), -1)
+    if flat.shape[1] != centroids.shape[1]:
+        raise ValueError(
+            f"expert usage has {flat.shape[1]} values but the routing signatures have {centroids.shape[1]}: "
+            "they were computed for a model with a different number of routers or experts"
+        )
+    distances = np.abs(flat[:, None, :] - centroids[None, :, :]).sum(axis=-1) / (2.0 * top_k * usages.shape[1])
+    nearest = distances.argmin(axis=1)
+    return distances[np.arange(len(flat)), nearest], nearest
 
 
 def routing_novelty(usage: np.ndarray, signatures: RoutingSignatures, top_k: int) -> NoveltyResult:
-    """Nearest known signature to a clip's (routers, experts) expert usage, and whether it is beyond the threshold."""
+    """Nearest known signature to one (routers, experts) expert usage, and whether it is beyond the threshold."""
     usage = np.asarray(usage, dtype=np.float64)
     if usage.ndim != 2:
         raise ValueError(f"expert usage must be (routers, experts), got shape {usage.shape}")
-    if usage.size != signatures.size:
-        raise ValueError(
-            f"expert usage has {usage.size} values but the routing signatures have {signatures.size}: "
-            "they were computed for a model with a different number of routers or experts"
-        )
-    distances = {name: signature_distance(usage, signature, top_k) for name, signature in signatures.known.items()}
-    nearest = min(distances, key=distances.get)
-    return NoveltyResult(nearest, distances[nearest], signatures.threshold, distances[nearest] > signatures.threshold)
+    return clip_novelty(usage[None], signatures, top_k)
 
 
 def clip_novelty(window_usages: np.ndarray, signatures: RoutingSignatures, top_k: int) -> NoveltyResult:
@@ -87,11 +101,29 @@ def clip_novelty(window_usages: np.ndarray, signatures: RoutingSignatures, top_k
     Each window is one routing decision, like each reference clip the threshold came from; the distance of the
     windows' *averaged* usage would be smaller and flag long clips less often than the threshold promises.
     """
-    per_window = [routing_novelty(usage, signatures, top_k) for usage in window_usages]  # window_usages: (W, R, E)
-    distance = float(np.mean([result.distance for result in per_window]))
-    names = [result.nearest for result in per_window]
-    nearest = max(dict.fromkeys(names), key=names.count)
-    return NoveltyResult(nearest, distance, signatures.threshold, distance > signatures.threshold)
+    names = list(signatures.known)
+    centroids = np.stack([signatures.known[name] for name in names])
+    distances, nearest = nearest_signatures(window_usages, centroids, top_k)  # window_usages: (W, R, E)
+    distance = float(distances.mean())
+    nearest_name = names[int(np.bincount(nearest, minlength=len(names)).argmax())]
+    return NoveltyResult(nearest_name, distance, signatures.threshold, distance > signatures.threshold)
+
+
+def check_signatures(
+    signatures: RoutingSignatures, router_names: list[str], num_experts: int, top_k: int, source: str
+) -> RoutingSignatures:
+    """Refuse signatures written for another model (router count, experts, top_k or router names differ)."""
+    expected = len(router_names) * num_experts
+    if signatures.size != expected:
+        raise ValueError(
+            f"{source}: signatures have {signatures.size} values but this model has "
+            f"{len(router_names)} routers x {num_experts} experts = {expected}"
+        )
+    if signatures.top_k not in (None, top_k):
+        raise ValueError(f"{source}: top_k is {signatures.top_k} but this model routes to top_k={top_k}")
+    if signatures.router_names not in (None, list(router_names)):
+        raise ValueError(f"{source}: router_names {signatures.router_names} differ from the model's {router_names}")
+    return signatures
 
 
 def load_routing_signatures(path: str | Path) -> RoutingSignatures:

@@ -1,0 +1,329 @@
+"""The one inference path: waveform(s) of any length, rate and channel count -> calibrated scores, per-window
+timeline, routing usage and novelty. The pipeline, the CLI (`molex-score`), evaluation, expert analysis and the demo
+all call `score_waveforms` (through the model's `score_waveform` / `score_waveforms` / `score_file` methods).
+
+How a clip is scored:
+1. channels: averaged, or the loudest one when averaging would cancel them (see `audio_io.to_mono`); non-finite
+   samples are refused; other rates are resampled to `config.sampling_rate` with soxr;
+2. windows of `config.crop_samples` (the training crop) every `hop_samples` (default: half a window), the last one
+   ending at the clip end; a clip shorter than one window is repeated up to it, as in training. Windows are views
+   of the clip, batched `batch_size` at a time across all the clips of the call: time and memory grow linearly with
+   the audio's length (attention only ever spans one window);
+3. each window is normalised in float64 (when `config.normalize_audio`; huge or tiny sample values do not overflow)
+   and scored: raw score = logit[bonafide] - logit[spoof], then the stored calibration (an LLR) unless
+   `calibrate=False`. The clip's score is the mean of its window scores; P(bona fide) = sigmoid(score) (the
+   posterior at equal priors when calibrated); the verdict is "bonafide" when score >= 0, else "spoof";
+4. a clip whose RMS level is below `silence_dbfs` gets no score and no verdict (`silent=True`) unless
+   `flag_silence=False` (corpus evaluation scores every trial, as the official protocol does).
+"""
+
+import math
+import os
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from transformers.utils import ModelOutput
+
+from .audio_io import AudioInputError, as_channels_first, decode_audio, level_dbfs, resample, to_mono
+from .novelty import SIGNATURES_FILE, NoveltyResult, RoutingSignatures, check_signatures, clip_novelty
+from .novelty import load_routing_signatures as _read_signatures_file
+from .outputs import calibrate_scores
+
+
+__all__ = [
+    "MIN_SECONDS",
+    "SILENCE_DBFS",
+    "WaveformScore",
+    "WaveformScoringMixin",
+    "load_model_signatures",
+    "score_waveforms",
+    "window_starts",
+]
+
+MIN_SECONDS = 0.1  # shorter input is refused: it holds too few frames to say anything
+SILENCE_DBFS = -60.0  # RMS level below which a clip counts as near-silent (no speech energy to judge)
+NORM_EPS = 1e-7  # as Wav2Vec2FeatureExtractor's zero-mean unit-variance normalisation
+
+
+@dataclass
+class WaveformScore(ModelOutput):
+    """What `score_waveform` returns for one clip. Scores: higher = more bona fide.
+
+    Args:
+        score: the clip's score, the mean of `window_scores`; an LLR when `calibrated`. None when `silent`.
+        bonafide_probability: sigmoid(score). None when `silent`.
+        verdict: "bonafide" (score >= 0) or "spoof"; None when `silent`.
+        silent: the input's RMS level is below the silence threshold: no verdict is given.
+        calibrated: the model's stored calibration was applied.
+        level_dbfs: RMS level of the (mono) input in dBFS.
+        window_starts: (W,) start of each window in seconds.
+        window_seconds: window length in seconds.
+        window_scores: (W,) score of each window (same scale as `score`).
+        expert_usage: (routers, experts) mean over windows of the share of routing decisions per expert.
+        window_expert_usage: (W, routers, experts) the same per window.
+        router_names: the routers, in `expert_usage` row order.
+        novelty: distance to the nearest known routing signature, when the model ships `routing_signatures.json`.
+        duration: seconds of input audio; sampling_rate: its rate (Hz); channels: its channel count;
+        channel_policy: how the channels became one ("mono", "mean of 2 channels", "channel 1 of 2 ...").
+    """
+
+    score: float | None = None
+    bonafide_probability: float | None = None
+    verdict: str | None = None
+    silent: bool | None = None
+    calibrated: bool | None = None
+    level_dbfs: float | None = None
+    window_starts: torch.Tensor | None = None
+    window_seconds: float | None = None
+    window_scores: torch.Tensor | None = None
+    expert_usage: torch.Tensor | None = None
+    window_expert_usage: torch.Tensor | None = None
+    router_names: list[str] | None = None
+    novelty: NoveltyResult | None = None
+    duration: float | None = None
+    sampling_rate: int | None = None
+    channels: int | None = None
+    channel_policy: str | None = None
+
+    def to_dict(self) -> dict:
+        """Plain JSON-ready values (lists and floats), every field present."""
+        out = {}
+        for name in self.__dataclass_fields__:
+            value = getattr(self, name)
+            if isinstance(value, torch.Tensor):
+                value = value.tolist()
+            elif isinstance(value, NoveltyResult):
+                value = {k: getattr(value, k) for k in ("nearest", "distance", "threshold", "novel")}
+            out[name] = value
+        return out
+
+
+def window_starts(num_samples: int, crop_samples: int, hop_samples: int) -> list[int]:
+    """Start of each window: every `hop_samples`, plus a last one that ends at the clip end; [0] for short clips."""
+    if num_samples <= crop_samples:
+        return [0]
+    starts = list(range(0, num_samples - crop_samples + 1, hop_samples))
+    if starts[-1] != num_samples - crop_samples:
+        starts.append(num_samples - crop_samples)
+    return starts
+
+
+@dataclass
+class _Clip:
+    wave: torch.Tensor  # (samples,) float32 at the model's rate; tiled up to one window when shorter
+    starts: list[int]
+    duration: float
+    rate: int
+    channels: int
+    channel_policy: str
+    level: float
+
+
+def _prepare(wave, rate: int, model_rate: int, crop: int, hop: int, name: str) -> _Clip:
+    channels_first = as_channels_first(wave, name)
+    if not isinstance(rate, int | np.integer) or isinstance(rate, bool) or rate <= 0:
+        raise AudioInputError(f"{name}: sampling_rate must be a positive integer (Hz), got {rate!r}")
+    duration = channels_first.shape[1] / rate
+    if duration < MIN_SECONDS:
+        raise AudioInputError(f"{name} is {duration:.3f} s long; at least {MIN_SECONDS} s of audio is needed")
+    mono, policy = to_mono(channels_first)
+    level = level_dbfs(mono)
+    mono = resample(mono, int(rate), model_rate, name)
+    peak = float(max(mono.max(), -mono.min()))
+    if not math.isfinite(peak):
+        raise AudioInputError(f"{name}: sample values overflow when mixed or resampled (|x| near float32's limit)")
+    if peak > 1e6:  # normalisation is scale-free: bring absurd values into float32's comfortable range first
+        mono = mono / peak
+    mono = torch.from_numpy(np.ascontiguousarray(mono, dtype=np.float32))  # 4 bytes per sample of audio
+    if mono.numel() < crop:
+        mono = mono.repeat(-(-crop // mono.numel()))[:crop]
+    starts = window_starts(mono.numel(), crop, hop)
+    return _Clip(mono, starts, duration, int(rate), channels_first.shape[0], policy, level)
+
+
+def _normalise(windows: torch.Tensor, enabled: bool) -> torch.Tensor:
+    if not enabled:
+        return windows
+    windows = windows.double()
+    mean = windows.mean(dim=-1, keepdim=True)
+    var = windows.var(dim=-1, unbiased=False, keepdim=True)
+    return (windows - mean) / torch.sqrt(var + NORM_EPS)
+
+
+@torch.inference_mode()
+def score_waveforms(
+    model,
+    waves: Sequence,
+    sampling_rates: int | Sequence[int],
+    *,
+    batch_size: int = 8,
+    hop_samples: int | None = None,
+    calibrate: bool = True,
+    flag_silence: bool = True,
+    silence_dbfs: float = SILENCE_DBFS,
+    signatures: RoutingSignatures | None | str = "auto",
+    names: Sequence[str] | None = None,
+) -> list[WaveformScore]:
+    """Score several clips, their windows batched together. See the module docstring for the steps.
+
+    Args:
+        waves: each (samples,), (channels, samples) or (samples, channels); float, or integer PCM; numpy or torch.
+        sampling_rates: one rate for all clips, or one per clip (Hz).
+        batch_size: windows per forward pass (bounds memory).
+        hop_samples: hop between windows at the model's rate; default half a window.
+        calibrate: apply `config.calibration` (when the model has one).
+        flag_silence / silence_dbfs: near-silent clips get no score and no verdict.
+        signatures: routing signatures for the novelty distance: "auto" reads the model folder's
+            `routing_signatures.json` when there is one; None turns novelty off.
+        names: how errors name each clip (file names); default "wave[i]".
+    Raises:
+        AudioInputError (a ValueError) naming the clip, for input that cannot be scored.
+    """
+    config = model.config
+    crop, model_rate = int(config.crop_samples), int(config.sampling_rate)
+    hop = int(hop_samples or max(1, crop // 2))
+    if batch_size < 1 or hop < 1:
+        raise ValueError(f"batch_size and hop_samples must be >= 1, got {batch_size} and {hop}")
+    rates = [sampling_rates] * len(waves) if isinstance(sampling_rates, int | np.integer) else list(sampling_rates)
+    names = list(names) if names is not None else [f"wave[{i}]" for i in range(len(waves))]
+    if len(rates) != len(waves) or len(names) != len(waves):
+        raise ValueError(f"got {len(waves)} waves, {len(rates)} sampling rates and {len(names)} names")
+    if signatures == "auto":
+        signatures = load_model_signatures(model)
+    clips = [_prepare(w, r, model_rate, crop, hop, n) for w, r, n in zip(waves, rates, names, strict=True)]
+    silent = [flag_silence and clip.level < silence_dbfs for clip in clips]
+    jobs = [(i, start) for i, clip in enumerate(clips) if not silent[i] for start in clip.starts]
+
+    parameter = next(model.parameters())
+    raw_scores, usages = [], []
+    for first in range(0, len(jobs), batch_size):
+        batch = torch.stack([clips[i].wave[s : s + crop] for i, s in jobs[first : first + batch_size]])
+        inputs = _normalise(batch, bool(config.normalize_audio)).to(device=parameter.device, dtype=parameter.dtype)
+        output = model(input_values=inputs)
+        logits = output.logits.float()
+        raw_scores.append((logits[:, 1] - logits[:, 0]).double().cpu())
+        usages.append(output.expert_usage.float().cpu())
+    raw = torch.cat(raw_scores) if raw_scores else torch.zeros(0, dtype=torch.float64)
+    usage = torch.cat(usages) if usages else None
+    calibration = config.calibration if calibrate else None
+    window_scores = calibrate_scores(raw, calibration)
+
+    results, position = [], 0
+    for i, clip in enumerate(clips):
+        common = dict(
+            silent=silent[i],
+            calibrated=calibration is not None,
+            level_dbfs=clip.level,
+            window_seconds=crop / model_rate,
+            router_names=list(model.router_names),
+            duration=clip.duration,
+            sampling_rate=clip.rate,
+            channels=clip.channels,
+            channel_policy=clip.channel_policy,
+        )
+        if silent[i]:
+            results.append(WaveformScore(**common))
+            continue
+        count = len(clip.starts)
+        scores = window_scores[position : position + count]
+        window_usage = usage[position : position + count]
+        position += count
+        score = float(scores.mean())
+        novelty = None
+        if signatures is not None:
+            novelty = clip_novelty(window_usage.numpy(), signatures, int(config.adapter.top_k))
+        results.append(
+            WaveformScore(
+                score=score,
+                bonafide_probability=1.0 / (1.0 + math.exp(-score)) if score > -700 else 0.0,
+                verdict="bonafide" if score >= 0 else "spoof",
+                window_starts=torch.tensor(clip.starts, dtype=torch.float64) / model_rate,
+                window_scores=scores.float(),
+                expert_usage=window_usage.mean(dim=0),
+                window_expert_usage=window_usage,
+                novelty=novelty,
+                **common,
+            )
+        )
+    return results
+
+
+# Signatures are read once per file version (path, modification time), shared by every thread.
+_SIGNATURES_CACHE: dict[tuple[str, int], RoutingSignatures] = {}
+_SIGNATURES_LOCK = threading.Lock()
+
+
+def load_model_signatures(model) -> RoutingSignatures | None:
+    """The model folder's (or Hub repo's) `routing_signatures.json`, checked against the model; None when absent.
+
+    A signatures file that exists but is malformed or written for another model raises ValueError naming it."""
+    path = _signatures_path(str(getattr(model, "name_or_path", "") or ""))
+    if path is None:
+        return None
+    key = (path, os.stat(path).st_mtime_ns)
+    with _SIGNATURES_LOCK:
+        cached = _SIGNATURES_CACHE.get(key)
+    if cached is None:
+        config = model.config
+        cached = check_signatures(
+            _read_signatures_file(path), model.router_names, config.adapter.num_experts, config.adapter.top_k, path
+        )
+        with _SIGNATURES_LOCK:
+            _SIGNATURES_CACHE[key] = cached
+    return cached
+
+
+def _signatures_path(name_or_path: str) -> str | None:
+    if not name_or_path:
+        return None
+    if os.path.isdir(name_or_path):
+        path = os.path.join(name_or_path, SIGNATURES_FILE)
+        return path if os.path.isfile(path) else None
+    try:  # a Hub repo id: the file is optional, and offline or absent means no novelty indicator
+        from transformers.utils import cached_file
+
+        return cached_file(name_or_path, SIGNATURES_FILE, _raise_exceptions_for_missing_entries=False)
+    except (OSError, ValueError):
+        return None
+
+
+class WaveformScoringMixin:
+    """`score_waveform`, `score_waveforms` and `score_file` for MoLExForAudioClassification (state-free)."""
+
+    def score_waveforms(self, waves: Sequence, sampling_rates: int | Sequence[int], **kwargs) -> list[WaveformScore]:
+        """Score several clips with their windows batched together; see `scoring.score_waveforms`."""
+        return score_waveforms(self, waves, sampling_rates, **kwargs)
+
+    def score_waveform(self, wave, sampling_rate: int, **kwargs) -> WaveformScore:
+        """Score one clip of any length, rate and channel count: calibrated score, P(bona fide), verdict,
+        per-window timeline, expert usage and novelty. Keyword arguments as in `scoring.score_waveforms`."""
+        return score_waveforms(self, [wave], [sampling_rate], **kwargs)[0]
+
+    def score_file(self, path: str | os.PathLike, max_seconds: float | None = None, **kwargs) -> WaveformScore:
+        """Decode an audio file (soundfile, else ffmpeg: WAV, FLAC, MP3, OGG/Opus, WebM, M4A/AAC, ...) and score it."""
+        wave, rate = decode_audio(path)
+        name = os.path.basename(os.fspath(path))
+        if max_seconds is not None and wave.shape[1] / rate > max_seconds:
+            raise AudioInputError(
+                f"{name} is {wave.shape[1] / rate:.1f} s long; at most {max_seconds:g} s is accepted here"
+            )
+        return score_waveforms(self, [wave], [rate], names=[name], **kwargs)[0]
+
+    def routing_signatures(self) -> RoutingSignatures | None:
+        """The routing signatures `score_waveform` uses for novelty (None when the model ships none)."""
+        return load_model_signatures(self)
+
+    @staticmethod
+    def read_audio(path: str | os.PathLike) -> tuple[np.ndarray, int]:
+        """Decode an audio file -> (float32 (channels, samples), rate), as `score_file` does."""
+        return decode_audio(path)
+
+    @staticmethod
+    def pipeline_class():
+        """This model's `pipeline("audio-classification")` class (listed in `config.custom_pipelines`)."""
+        from .pipeline_molex import MoLExAudioClassificationPipeline
+
+        return MoLExAudioClassificationPipeline

@@ -1,0 +1,85 @@
+"""An expert pack whose router rows are NOT zero survives save -> load exactly, and the rows are the ones used.
+
+A freshly added pack has all-zero router rows, so a pack written with zeros (or with another router's rows) would
+look fine; here every router gets its own random rows before saving.
+"""
+
+import json
+
+import torch
+from conftest import random_audio, randomize_experts, tiny_backbone_config
+from safetensors.torch import load_file
+
+from modeling_molex import MoLExAdapterConfig, MoLExConfig, MoLExForAudioClassification
+
+
+def build(scope: str = "block", seed: int = 0) -> MoLExForAudioClassification:
+    adapter = MoLExAdapterConfig(num_experts=3, top_k=2, r=4, router_scope=scope)
+    torch.manual_seed(seed)
+    model = MoLExForAudioClassification(MoLExConfig(backbone_config=tiny_backbone_config("wav2vec2"), adapter=adapter))
+    randomize_experts(model, seed=1)
+    return model.eval()
+
+
+def trained_pack_model(scope: str) -> MoLExForAudioClassification:
+    model = build(scope)
+    model.add_experts(2, pack_name="domain_b")
+    generator = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for layer in model.expert_layers().values():
+            layer.lora_B[-1].copy_(torch.randn(layer.lora_B[-1].shape, generator=generator) * 0.3)
+        for router in model.routers().values():
+            rows = router.weight[-1]
+            rows.copy_(torch.randn(rows.shape, generator=generator) * 3.0)  # strong rows: the new experts get picked
+    return model
+
+
+def test_router_rows_on_disk_are_the_models_rows_of_that_pack(tmp_path):
+    model = trained_pack_model("block")
+    model.save_experts(tmp_path / "pack", names=["domain_b"])
+    on_disk = load_file(tmp_path / "pack" / "router.safetensors")
+    assert set(on_disk) == set(model.routers())
+    for name, router in model.routers().items():
+        expected = router.full_weight()[3:5].detach()
+        assert expected.abs().min() > 0
+        assert torch.equal(on_disk[name], expected), name
+    index = json.loads((tmp_path / "pack" / "index.json").read_text())
+    assert [(e["name"], e["router_column"]) for e in index["experts"]] == [("expert_3", 0), ("expert_4", 1)]
+
+
+def test_full_pack_round_trip_keeps_router_rows_of_every_pack(tmp_path):
+    """Saving all experts (both packs) and loading them into a bare host reproduces every row, in column order."""
+    model = trained_pack_model("block")
+    model.save_experts(tmp_path / "pack")
+    on_disk = load_file(tmp_path / "pack" / "router.safetensors")
+    for name, router in model.routers().items():
+        assert torch.equal(on_disk[name], router.full_weight().detach()), name
+
+
+def _round_trip_case(tmp_path, scope: str) -> None:
+    trained = trained_pack_model(scope)
+    trained.save_experts(tmp_path / "pack", names=["domain_b"])
+    host = build(scope)  # same base pack (same seeds), no domain_b
+    with torch.no_grad():
+        for name, router in host.routers().items():
+            assert torch.equal(router.full_weight(), trained.routers()[name].full_weight()[:3])
+    assert host.load_experts(tmp_path / "pack") == ["domain_b"]
+    for name, router in host.routers().items():
+        assert torch.equal(router.full_weight(), trained.routers()[name].full_weight()), name
+    for path, layer in host.expert_layers().items():
+        assert torch.equal(layer.stacked_lora_a(), trained.expert_layers()[path].stacked_lora_a()), path
+        assert torch.equal(layer.stacked_lora_b(), trained.expert_layers()[path].stacked_lora_b()), path
+    audio = random_audio()
+    with torch.no_grad():
+        expected, got = trained(audio), host(audio)
+    assert (expected.expert_usage[..., 3:].sum(-1) > 0).any()  # the loaded experts are really routed to
+    torch.testing.assert_close(got.expert_usage, expected.expert_usage)
+    torch.testing.assert_close(got.logits, expected.logits)
+
+
+def test_pack_with_nonzero_router_rows_round_trips_block_scope(tmp_path):
+    _round_trip_case(tmp_path, "block")
+
+
+def test_pack_with_nonzero_router_rows_round_trips_module_scope(tmp_path):
+    _round_trip_case(tmp_path, "module")
