@@ -45,7 +45,7 @@ def test_compare_runs_every_row_on_a_tiny_slice_and_counts_what_each_row_trains(
 
 def test_full_fine_tuning_trains_every_encoder_weight_the_classifier_reaches_but_no_expert(tmp_path):
     corpus = write_synthetic_asvspoof5(tmp_path / "corpus", per_class=2, seconds=0.5)
-    argv = ["--backbone", "tiny-random", "--data_root", str(corpus), "--output_dir", str(tmp_path / "run")]
+    argv = ["--backbone", "tiny-random", "--data_root", str(corpus), "--output_dir", str(tmp_path)]
     model = build_model(parse_train_config([*argv, "--trainable", "full"]), Accelerator(cpu=True))
     trainable = {name for name, p in model.named_parameters() if p.requires_grad}
     base_weights = {name for name in dict(model.named_parameters()) if ".base_layer." in name}

@@ -66,6 +66,7 @@ def run_neural(row: str, seed: int, base_argv: list[str], output_dir: Path) -> d
         "--output_dir",
         str(output_dir / row / f"seed{seed}"),
     ]
+    (output_dir / row / f"seed{seed}").mkdir(parents=True, exist_ok=True)  # a tiny-random backbone is built there
     count = trainable_parameters(argv)
     started = time.time()
     results = train.main(argv)
