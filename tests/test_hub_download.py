@@ -128,7 +128,7 @@ def test_pushed_model_expert_and_pack_load_from_the_hub_cache_offline(hub, tiny_
     line = next(line for line in completed.stdout.splitlines() if line.startswith("RESULTS"))
     results = json.loads(line.removeprefix("RESULTS"))
     assert results["module"].startswith("transformers_modules."), "must run the code shipped in the repo"
-    assert results["model"] == 0.0
+    assert results["model"] < 1e-6  # another process may sum in another order (~1e-9 apart)
     assert results["new_packs"] == ["domain_b"] and results["expert_packs"] == {"base": 4, "domain_b": 2}
     assert results["with_pack"] < 1e-5
-    assert results["peft_snapshot"] == 0.0 and results["peft_local"] == 0.0
+    assert results["peft_snapshot"] < 1e-6 and results["peft_local"] < 1e-6

@@ -70,7 +70,8 @@ def test_remote_code_loads_in_a_fresh_process_with_identical_logits(tmp_path):
     for folder in folders:
         result = results[folder]
         assert result["module"].startswith("transformers_modules."), "must run the shipped remote code"
-        assert result["max_abs_diff"] == 0.0
+        # same weights and code; another process may pick kernels that sum in another order (~1e-9 apart)
+        assert result["max_abs_diff"] < 1e-6
         assert set(result["pipeline"]) == {"spoof", "bonafide"}
         assert result["pipeline_class"] == "MoLExAudioClassificationPipeline"
         for label, score in result["expected"].items():

@@ -115,7 +115,8 @@ def test_official_format_and_resume_after_an_interrupted_run(model_dir, corpus, 
     assert main([*arguments, "--resume"]) == 0
     assert "scored 2 of 4 files" in capsys.readouterr().err  # a was kept; b (torn) and c rescored; silent again
     resumed = read_score_file(output)
-    assert resumed == pytest.approx(full, abs=1e-9) and list(resumed) == ["a", "b", "c"]
+    # b and c are rescored in another batch of windows: equal up to float32 summation order and the 6-decimal file
+    assert resumed == pytest.approx(full, abs=2e-6) and list(resumed) == ["a", "b", "c"]
 
 
 def test_usage_errors(model_dir, corpus, tmp_path):

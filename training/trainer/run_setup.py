@@ -124,7 +124,9 @@ def _build_tiny_backbone_once(folder: str, seed: int) -> None:
     while building leaves no half-written folder."""
     if os.path.isfile(os.path.join(folder, "config.json")):
         return
-    staging = tempfile.mkdtemp(prefix=".tiny_backbone-", dir=os.path.dirname(folder) or ".")
+    parent = os.path.dirname(folder) or "."
+    os.makedirs(parent, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=".tiny_backbone-", dir=parent)
     try:
         build_tiny_backbone(staging, seed)
         os.replace(staging, folder)
