@@ -53,7 +53,11 @@ TESTS_BY_FILE = {
         "-k",
         "not evaluate_load",
     ],
-    "training/metrics/calibration.py": ["tests/test_calibration.py", "tests/test_calibration_fit.py"],
+    "training/metrics/calibration.py": [
+        "tests/test_calibration.py",
+        "tests/test_calibration_fit.py",
+        "tests/test_logistic_fit.py",
+    ],
     "modeling_molex/experts_io.py": [
         "tests/test_expert_pack_roundtrip.py",
         "tests/test_expert_pack_files.py",
