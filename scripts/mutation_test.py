@@ -71,6 +71,8 @@ TESTS_BY_FILE = {
         "tests/test_expert_pack_roundtrip.py",
         "tests/test_experts_io.py",
         "tests/test_modeling.py",
+        "tests/test_hf_surfaces.py",
+        "tests/test_model_inputs.py",
         "-k",
         "not each_target_module_really and not bf16_forward and not no_graph_below",
     ],
