@@ -37,6 +37,7 @@ TESTS_BY_FILE = {
         "tests/test_router_edges.py",
         "tests/test_aux_losses.py",
         "tests/test_mixture_math.py",
+        "tests/test_hf_surfaces.py::test_set_active_packs_routes_only_to_their_experts",
     ],
     "modeling_molex/layers.py": [
         "tests/test_mixture_math.py",
@@ -52,7 +53,11 @@ TESTS_BY_FILE = {
         "-k",
         "not evaluate_load",
     ],
-    "training/metrics/calibration.py": ["tests/test_calibration.py", "tests/test_calibration_fit.py"],
+    "training/metrics/calibration.py": [
+        "tests/test_calibration.py",
+        "tests/test_calibration_fit.py",
+        "tests/test_logistic_fit.py",
+    ],
     "modeling_molex/experts_io.py": [
         "tests/test_expert_pack_roundtrip.py",
         "tests/test_expert_pack_files.py",
@@ -66,6 +71,8 @@ TESTS_BY_FILE = {
         "tests/test_expert_pack_roundtrip.py",
         "tests/test_experts_io.py",
         "tests/test_modeling.py",
+        "tests/test_hf_surfaces.py",
+        "tests/test_model_inputs.py",
         "-k",
         "not each_target_module_really and not bf16_forward and not no_graph_below",
     ],

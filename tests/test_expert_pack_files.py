@@ -91,3 +91,56 @@ def test_a_saved_model_folder_is_found_as_a_pack_and_a_plain_folder_is_refused(t
     (empty / "index.json").write_text("{}")  # one of the two files is not a pack
     with pytest.raises(FileNotFoundError, match="no expert pack"):
         host.load_experts(empty)
+
+
+def _pack_with_index(tmp_path, edit) -> tuple:
+    source = build()
+    source.add_experts(2, pack_name="domain")
+    source.save_experts(tmp_path / "pack", names=["domain"])
+    index_path = tmp_path / "pack" / "index.json"
+    index = json.loads(index_path.read_text())
+    index_path.write_text(json.dumps(edit(index)))
+    return build(), tmp_path / "pack"
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda index: [index], r"`format` is 'list', expected 'molex-expert-pack'"),
+        (lambda index: {**index, "format": "other"}, r"`format` is 'other', expected"),
+        (lambda index: {**index, "experts": {"a": 1}}, r"`experts` lists dict experts, the pack config declares 2"),
+        (
+            lambda index: {**index, "experts": index["experts"][:1]},
+            r"`experts` lists 1 experts, the pack config declares 2",
+        ),
+        (
+            lambda index: {**index, "experts": [{**index["experts"][0], "name": "../x"}, index["experts"][1]]},
+            r"entry 0 names expert '\.\./x'; an expert name must be a plain folder name inside the pack \(no path",
+        ),
+        (
+            lambda index: {**index, "experts": [index["experts"][0], {**index["experts"][1], "name": "a\\b"}]},
+            r"entry 1 names expert 'a\\\\b'",
+        ),
+        (lambda index: {**index, "experts": [index["experts"][0], "x"]}, r"entry 1 names expert None"),
+    ],
+)
+def test_a_malformed_index_is_refused_naming_the_problem_before_the_model_changes(tmp_path, edit, message):
+    host, pack = _pack_with_index(tmp_path, edit)
+    before = dict(host.config.adapter.expert_packs)
+    with pytest.raises(ValueError, match=message):
+        host.load_experts(pack)
+    assert host.config.adapter.expert_packs == before
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"lora_alpha": 3.0}, "`lora_alpha` is 3.0 but this model has 6.0"),
+        ({"layers_to_transform": [0]}, r"`layers_to_transform` is \[0\] but this model has None"),
+        ({"router_scope": "module"}, "`router_scope` is 'module' but this model has 'block'"),
+    ],
+)
+def test_an_incompatible_pack_names_the_field_and_both_values(tmp_path, change, field):
+    build(**change).save_experts(tmp_path / "pack")
+    with pytest.raises(ValueError, match=field):
+        build().load_experts(tmp_path / "pack")
