@@ -75,5 +75,7 @@ def test_remote_code_loads_in_a_fresh_process_with_identical_logits(tmp_path):
         assert set(result["pipeline"]) == {"spoof", "bonafide"}
         assert result["pipeline_class"] == "MoLExAudioClassificationPipeline"
         for label, score in result["expected"].items():
-            assert abs(result["pipeline"][label] - score) < 1e-5  # float32 summation order; any real divergence is far larger
+            assert (
+                abs(result["pipeline"][label] - score) < 1e-5
+            )  # float32 summation order; any real divergence is far larger
         assert result["frozen_backbone"]
