@@ -131,4 +131,4 @@ def test_pushed_model_expert_and_pack_load_from_the_hub_cache_offline(hub, tiny_
     assert results["model"] < 1e-6  # another process may sum in another order (~1e-9 apart)
     assert results["new_packs"] == ["domain_b"] and results["expert_packs"] == {"base": 4, "domain_b": 2}
     assert results["with_pack"] < 1e-5
-    assert results["peft_snapshot"] < 1e-6 and results["peft_local"] < 1e-6
+    assert results["peft_snapshot"] < 1e-5 and results["peft_local"] < 1e-5  # hidden states of magnitude ~1-10
