@@ -7,10 +7,21 @@ float64 (same formula: population variance, epsilon 1e-7), whatever the input's 
 """
 
 import numpy as np
+import torch
 from transformers import Wav2Vec2FeatureExtractor
 
 
 NORMALIZATION_EPSILON = 1e-7
+
+
+def normalize_waveforms(waves: torch.Tensor) -> torch.Tensor:
+    """Zero mean and unit variance over the last axis (population variance, epsilon 1e-7, as
+    Wav2Vec2FeatureExtractor), computed in float64 so that samples of 1e29 do not overflow into silence. The one
+    normalisation of the model: the feature extractor (per clip) and `score_waveform` (per window batch) call it."""
+    wide = waves.double()
+    mean = wide.mean(dim=-1, keepdim=True)
+    variance = wide.var(dim=-1, unbiased=False, keepdim=True)
+    return (wide - mean) / torch.sqrt(variance + NORMALIZATION_EPSILON)
 
 
 class MoLExFeatureExtractor(Wav2Vec2FeatureExtractor):
@@ -36,10 +47,8 @@ class MoLExFeatureExtractor(Wav2Vec2FeatureExtractor):
         )
         normalized = []
         for vector, length in zip(input_values, lengths, strict=True):
-            wide = np.asarray(vector, dtype=np.float64)
-            real = wide[:length]
-            result = (wide - real.mean()) / np.sqrt(real.var() + NORMALIZATION_EPSILON)
-            result[length:] = padding_value
+            result = np.full(len(vector), padding_value, dtype=np.float64)
+            result[:length] = normalize_waveforms(torch.from_numpy(np.asarray(vector[:length]))).numpy()
             normalized.append(result.astype(np.asarray(vector).dtype, copy=False))
         return normalized
 

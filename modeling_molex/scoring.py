@@ -28,6 +28,7 @@ import torch
 from transformers.utils import ModelOutput
 
 from .audio_io import AudioInputError, as_channels_first, decode_audio, level_dbfs, resample, to_mono
+from .feature_extraction_molex import normalize_waveforms
 from .novelty import SIGNATURES_FILE, NoveltyResult, RoutingSignatures, check_signatures, clip_novelty
 from .novelty import load_routing_signatures as _read_signatures_file
 from .outputs import calibrate_scores
@@ -45,7 +46,6 @@ __all__ = [
 
 MIN_SECONDS = 0.1  # shorter input is refused: it holds too few frames to say anything
 SILENCE_DBFS = -60.0  # RMS level below which a clip counts as near-silent (no speech energy to judge)
-NORM_EPS = 1e-7  # as Wav2Vec2FeatureExtractor's zero-mean unit-variance normalisation
 
 
 @dataclass
@@ -145,12 +145,7 @@ def _prepare(wave, rate: int, model_rate: int, crop: int, hop: int, name: str) -
 
 
 def _normalise(windows: torch.Tensor, enabled: bool) -> torch.Tensor:
-    if not enabled:
-        return windows
-    windows = windows.double()
-    mean = windows.mean(dim=-1, keepdim=True)
-    var = windows.var(dim=-1, unbiased=False, keepdim=True)
-    return (windows - mean) / torch.sqrt(var + NORM_EPS)
+    return normalize_waveforms(windows) if enabled else windows
 
 
 @torch.inference_mode()
