@@ -16,6 +16,8 @@ from typing import Any, Literal
 import yaml
 from transformers import HfArgumentParser
 
+from training.trainer.config import load_yaml_config
+
 
 FEATURE_KINDS = ("logmel", "mfcc")
 
@@ -189,19 +191,7 @@ class SSLPretrainConfig:
 
 def load_ssl_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML pretraining config; unknown keys are errors that name the file and the key."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"Config file {path} does not exist")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as error:
-        raise ValueError(f"{path}: invalid YAML ({error})") from error
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a mapping of field: value at the top level")
-    unknown = sorted(set(data) - {f.name for f in dataclasses.fields(SSLPretrainConfig)})
-    if unknown:
-        raise ValueError(f"{path}: unknown config key(s) {unknown}; see `python -m training.pretrain_ssl --help`")
-    return data
+    return load_yaml_config(path, SSLPretrainConfig, "python -m training.pretrain_ssl --help")
 
 
 def parse_ssl_config(argv: list[str] | None = None) -> SSLPretrainConfig:

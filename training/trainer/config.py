@@ -154,8 +154,12 @@ class TrainConfig:
         Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
 
 
-def load_yaml_config(path: str | Path) -> dict[str, Any]:
-    """Read a YAML config; unknown keys are errors that name the file and the key."""
+def load_yaml_config(
+    path: str | Path, config_class: type | None = None, help_command: str = "python training/train.py --help"
+) -> dict[str, Any]:
+    """Read a YAML config for `config_class` (default: TrainConfig); unknown keys are errors that name the file and
+    the key. The SSL pretraining config reads its files through this too."""
+    config_class = config_class or TrainConfig
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"Config file {path} does not exist")
@@ -165,10 +169,9 @@ def load_yaml_config(path: str | Path) -> dict[str, Any]:
         raise ValueError(f"{path}: invalid YAML ({error})") from error
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a mapping of field: value at the top level")
-    known = {f.name for f in dataclasses.fields(TrainConfig)}
-    unknown = sorted(set(data) - known)
+    unknown = sorted(set(data) - {f.name for f in dataclasses.fields(config_class)})
     if unknown:
-        raise ValueError(f"{path}: unknown config key(s) {unknown}; see `python training/train.py --help`")
+        raise ValueError(f"{path}: unknown config key(s) {unknown}; see `{help_command}`")
     return data
 
 
