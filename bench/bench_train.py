@@ -17,6 +17,8 @@ import subprocess
 import sys
 import time
 
+from bench.common import SHAPES, SIX_PROJECTIONS
+
 
 MODES = {
     "full fine-tuning": {},
@@ -27,18 +29,8 @@ MODES = {
     "MoLEx + checkpointing every 2nd block": {"molex": True, "checkpointing": True, "every_n_layers": 2},
     "MoLEx, upper half + checkpointing": {"molex": True, "upper_half": True, "checkpointing": True},
 }
-SIX = ["q_proj", "k_proj", "v_proj", "out_proj", "intermediate_dense", "output_dense"]
-XLSR_300M = {
-    "hidden_size": 1024,
-    "num_hidden_layers": 24,
-    "num_attention_heads": 16,
-    "intermediate_size": 4096,
-    "feat_extract_norm": "layer",
-    "do_stable_layer_norm": True,
-    "conv_bias": True,
-    "num_conv_pos_embeddings": 128,
-    "num_conv_pos_embedding_groups": 16,
-}
+SIX = SIX_PROJECTIONS
+XLSR_300M = SHAPES["xls-r-300m"]
 
 
 def run_mode(mode: str, steps: int, batch: int, seconds: float, threads: int, small: bool) -> dict:
