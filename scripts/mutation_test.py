@@ -65,6 +65,7 @@ TESTS_BY_FILE = {
     ],
     # test_modeling's per-family/per-projection sweeps reach forward() ~60 times; they are left out here for speed.
     "modeling_molex/modeling_molex.py": [
+        "tests/test_model_lifecycle.py",
         "tests/test_class_weights.py",
         "tests/test_aux_losses.py",
         "tests/test_layers.py",
