@@ -290,6 +290,12 @@ def test_load_backbone_state_dict_refuses_foreign_and_incomplete_weights(tiny_ba
     assert str(raised.value) == (
         "Backbone checkpoint lacks 1 weights, e.g. ['encoder.layers.1.attention.q_proj.base_layer.weight']"
     )
+    dropped = sorted(k for k in vanilla if k.startswith("encoder.layers.0.attention."))  # 8 weights
+    with pytest.raises(ValueError) as raised:
+        model.load_backbone_state_dict({k: v for k, v in vanilla.items() if k not in dropped})
+    prefix = f"Backbone checkpoint lacks {len(dropped)} weights, e.g. "
+    assert len(dropped) > 5 and str(raised.value).startswith(prefix)
+    assert len(ast.literal_eval(str(raised.value)[len(prefix) :])) == 5
     for key, tensor in model.backbone.state_dict().items():
         assert torch.equal(tensor, before[key]), f"{key} changed by a refused load"
 
