@@ -294,19 +294,19 @@ class MoLExForAudioClassification(WaveformScoringMixin, MoLExExpertsMixin, MoLEx
         arguments: `commit_message`, `private`, `token`, `revision`, `create_pr`, `model_card` (see hub_upload.py)."""
         return push_model_in_one_commit(self, repo_id, **kwargs)
 
-    def save_pretrained(self, save_directory: str | os.PathLike, *args, **kwargs) -> None:
+    def save_pretrained(self, save_directory: str | os.PathLike, is_main_process: bool = True, **kwargs) -> None:
         """Hub-ready folder: config + weights + remote code, `preprocessor_config.json`, and `experts/` (one PEFT
         LoRA folder per expert plus the pack's `molex_pack_config.json` and router rows).
 
         Everything is written to a staging folder first and moved into place only when all of it succeeded, so a
         failure never leaves a folder whose weights, config and experts disagree."""
-        if not kwargs.get("is_main_process", True):
+        if not is_main_process:  # other ranks of a distributed run write nothing (positional, as in transformers)
             return
         save_directory = os.path.abspath(save_directory)
         os.makedirs(os.path.dirname(save_directory), exist_ok=True)
         staging = tempfile.mkdtemp(prefix=".molex-save-", dir=os.path.dirname(save_directory))
         try:
-            super().save_pretrained(staging, *args, **kwargs)
+            super().save_pretrained(staging, **kwargs)
             self.feature_extractor().save_pretrained(staging)
             save_expert_pack(self, os.path.join(staging, "experts"), None)
             os.makedirs(save_directory, exist_ok=True)

@@ -205,6 +205,8 @@ def test_saving_over_an_earlier_save_replaces_it(trained_model, tmp_path):
 def test_save_on_a_non_main_process_writes_nothing(trained_model, tmp_path):
     trained_model.save_pretrained(tmp_path / "model", is_main_process=False)
     assert not (tmp_path / "model").exists()
+    trained_model.save_pretrained(tmp_path / "positional", False)  # transformers' second positional parameter
+    assert not (tmp_path / "positional").exists()
 
 
 def test_a_failed_save_leaves_no_folder_and_stages_next_to_the_target(trained_model, tmp_path, monkeypatch):
