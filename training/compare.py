@@ -21,10 +21,8 @@ import numpy as np
 from accelerate import Accelerator
 
 from training import train
-from training.baselines.mfcc import features
-from training.data.loaders import audio_paths, load_asvspoof5
+from training.baselines.mfcc import fit_and_score
 from training.metrics.asvspoof_metrics import compute_metrics
-from training.metrics.calibration import fit_logistic_regression
 from training.trainer.config import load_yaml_config, parse_train_config
 from training.trainer.run_setup import build_model, load_corpus
 
@@ -85,23 +83,15 @@ def mfcc_lr_scores(corpus_dir: str, known_attacks: list[str]) -> dict:
     """The project's MFCC baseline (training.baselines.mfcc features + logistic regression), fit on all of train;
     scores per utterance id, so each seed's subset can be scored."""
     started = time.time()
-    data = load_asvspoof5(corpus_dir, splits=("train", "dev", "eval"))
-    matrices = {split: features(audio_paths(data[split]), ["mfcc"]) for split in data}
-    mean, std = matrices["train"].mean(axis=0), matrices["train"].std(axis=0) + 1e-8
-    weights, bias = fit_logistic_regression(
-        (matrices["train"] - mean) / std, np.asarray(data["train"]["label"]), l2=1.0
-    )
+    data, all_scores, parameters = fit_and_score(corpus_dir, ["mfcc"], l2=1.0)
     scores = {
-        split: dict(
-            zip(data[split]["utt_id"], ((matrices[split] - mean) / std @ weights + bias).tolist(), strict=True)
-        )
-        for split in ("dev", "eval")
+        split: dict(zip(data[split]["utt_id"], all_scores[split].tolist(), strict=True)) for split in ("dev", "eval")
     }
     trained_on = set(data["train"]["attack"]) - {"bonafide"}
     return {
         **scores,
         "known_attacks": sorted(trained_on | set(known_attacks)),
-        "parameters": int(weights.size + 1),
+        "parameters": parameters,
         "seconds": round(time.time() - started, 1),
     }
 

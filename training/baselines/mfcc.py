@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from datasets import DatasetDict
 from scipy.fft import dct
 from scipy.signal import stft
 from transformers.audio_utils import mel_filter_bank
@@ -89,16 +90,23 @@ def summarise(scores: np.ndarray, labels: np.ndarray, attacks: np.ndarray, keep:
     }
 
 
-def run_baseline(corpus: str | Path, feature_sets: list[str], l2: float = 1.0) -> dict:
+def fit_and_score(corpus: str | Path, feature_sets: list[str], l2: float = 1.0) -> tuple[DatasetDict, dict, int]:
+    """Features of every split, standardised with train's statistics, a logistic regression fit on all of train:
+    (the corpus's splits, scores per split, number of fitted parameters). The comparison runner scores with it too."""
     unknown = [name for name in feature_sets if name not in FEATURE_SETS]
     if unknown or not feature_sets:
         raise ValueError(f"--features must be a comma list of {FEATURE_SETS}, got {feature_sets}")
     data = load_asvspoof5(corpus, splits=("train", "dev", "eval"))
     matrices = {split: features(audio_paths(data[split]), feature_sets) for split in data}
     mean, std = matrices["train"].mean(axis=0), matrices["train"].std(axis=0) + 1e-8
-    labels = {split: np.asarray(data[split]["label"]) for split in data}
-    weights, bias = fit_logistic_regression((matrices["train"] - mean) / std, labels["train"], l2)
+    weights, bias = fit_logistic_regression((matrices["train"] - mean) / std, np.asarray(data["train"]["label"]), l2)
     scores = {split: (m - mean) / std @ weights + bias for split, m in matrices.items()}
+    return data, scores, int(weights.size + 1)
+
+
+def run_baseline(corpus: str | Path, feature_sets: list[str], l2: float = 1.0) -> dict:
+    data, scores, _ = fit_and_score(corpus, feature_sets, l2)
+    labels = {split: np.asarray(data[split]["label"]) for split in data}
     trained_on = sorted(set(data["train"]["attack"]) - {"bonafide"})
     results: dict = {"corpus": str(corpus), "features": feature_sets, "trained_on_attacks": trained_on}
     for split in ("dev", "eval"):
