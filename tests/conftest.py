@@ -75,6 +75,17 @@ def random_audio(batch: int = 2, samples: int = 4000, seed: int = 0) -> torch.Te
     return torch.randn(batch, samples, generator=generator)
 
 
+def router_record(logits: list[list[float]], top_k: int, mask: list[bool] | None = None):
+    """One router's decisions (1 clip, S decisions) with the router's own top-k rule, as a `RouterOutput`."""
+    from modeling_molex.router import RouterOutput
+
+    logits_tensor = torch.tensor([logits])
+    probs = logits_tensor.softmax(-1)
+    weights, indices = probs.topk(top_k, dim=-1)
+    mask_tensor = None if mask is None else torch.tensor([mask])
+    return RouterOutput(logits_tensor, probs, indices, weights / weights.sum(-1, keepdim=True), mask_tensor)
+
+
 @torch.no_grad()
 def randomize_experts(model, std: float = 0.2, seed: int = 0) -> None:
     """Give every expert a non-zero B so that experts change the output (B = 0 at init)."""

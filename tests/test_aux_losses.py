@@ -9,31 +9,22 @@ import math
 
 import pytest
 import torch
-from conftest import random_audio, tiny_backbone_config
+from conftest import random_audio, router_record, tiny_backbone_config
 
 from modeling_molex import MoLExAdapterConfig, MoLExConfig, MoLExForAudioClassification
-from modeling_molex.router import RouterOutput, load_balancing_loss, router_z_loss
-
-
-def record(logits: list[list[float]], top_k: int, mask: list[bool] | None = None) -> RouterOutput:
-    """One router's decisions (1 clip, S decisions) with the router's own top-k rule."""
-    logits_tensor = torch.tensor([logits])
-    probs = logits_tensor.softmax(-1)
-    weights, indices = probs.topk(top_k, dim=-1)
-    mask_tensor = None if mask is None else torch.tensor([mask])
-    return RouterOutput(logits_tensor, probs, indices, weights / weights.sum(-1, keepdim=True), mask_tensor)
+from modeling_molex.router import load_balancing_loss, router_z_loss
 
 
 def test_load_balance_at_top2_collapsed_onto_two_experts_is_e_over_k():
     # Every decision picks experts {0, 1} with probability ~1/2 each: f = P = [1/2, 1/2, 0, 0] -> 4 * 1/2 = E/k = 2.
-    collapsed = record([[40.0, 40.0, 0.0, 0.0]] * 3, top_k=2)
+    collapsed = router_record([[40.0, 40.0, 0.0, 0.0]] * 3, top_k=2)
     assert load_balancing_loss([collapsed]).item() == pytest.approx(2.0, rel=1e-6)
 
 
 def test_load_balance_at_top2_with_known_routing_matches_the_formula():
     # Decision 1 picks {0, 1}, decision 2 picks {0, 3}: f = counts / (N k) = [2, 1, 0, 1] / 4.
     logits = [[2.0, 1.0, 0.0, 0.0], [2.0, 0.0, 0.0, 1.0]]
-    routed = record(logits, top_k=2)
+    routed = router_record(logits, top_k=2)
     assert routed.top_k_indices[0].sort(-1).values.tolist() == [[0, 1], [0, 3]]
     probs = [[math.exp(v) / sum(math.exp(u) for u in row) for v in row] for row in logits]
     mean_prob = [(probs[0][e] + probs[1][e]) / 2 for e in range(4)]
@@ -43,8 +34,8 @@ def test_load_balance_at_top2_with_known_routing_matches_the_formula():
 
 
 def test_load_balance_at_top2_is_averaged_over_routers_and_skips_padding():
-    uniform = record([[0.0] * 4, [0.0] * 4], top_k=2)  # P uniform -> 1 whatever is selected
-    collapsed = record(
+    uniform = router_record([[0.0] * 4, [0.0] * 4], top_k=2)  # P uniform -> 1 whatever is selected
+    collapsed = router_record(
         [[40.0, 40.0, 0.0, 0.0], [40.0, 40.0, 0.0, 0.0], [0.0, 0.0, 40.0, 40.0]], 2, [True, True, False]
     )
     assert load_balancing_loss([uniform, collapsed]).item() == pytest.approx((1.0 + 2.0) / 2, rel=1e-6)
@@ -82,6 +73,6 @@ def test_uniform_routers_give_the_documented_values_in_the_real_forward(granular
 
 
 def test_z_loss_at_top2_ignores_padded_decisions():
-    padded = record([[1.0, 2.0, 3.0, 4.0], [50.0, 0.0, 0.0, 0.0]], top_k=2, mask=[True, False])
+    padded = router_record([[1.0, 2.0, 3.0, 4.0], [50.0, 0.0, 0.0, 0.0]], top_k=2, mask=[True, False])
     expected = math.log(sum(math.exp(v) for v in (1.0, 2.0, 3.0, 4.0))) ** 2
     assert router_z_loss([padded]).item() == pytest.approx(expected, rel=1e-6)

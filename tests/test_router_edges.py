@@ -3,11 +3,10 @@ noise scale, growing a router by a pack, and padding frames in token routing thr
 
 import pytest
 import torch
-from conftest import random_audio, randomize_experts, tiny_backbone_config
+from conftest import random_audio, randomize_experts, router_record, tiny_backbone_config
 
 from modeling_molex import MoLExAdapterConfig, MoLExConfig, MoLExForAudioClassification
 from modeling_molex.router import (
-    RouterOutput,
     TopKRouter,
     expert_orthogonality_loss,
     load_balancing_loss,
@@ -15,18 +14,10 @@ from modeling_molex.router import (
 )
 
 
-def record(logits: list[list[float]], top_k: int, mask: list[bool] | None = None) -> RouterOutput:
-    logits_tensor = torch.tensor([logits])
-    probs = logits_tensor.softmax(-1)
-    weights, indices = probs.topk(top_k, dim=-1)
-    mask_tensor = None if mask is None else torch.tensor([mask])
-    return RouterOutput(logits_tensor, probs, indices, weights / weights.sum(-1, keepdim=True), mask_tensor)
-
-
 @pytest.mark.parametrize("loss", [load_balancing_loss, router_z_loss])
 def test_no_real_decision_gives_a_zero_loss_not_nan(loss):
     """A router that saw only padding (or no router at all) contributes nothing, instead of a NaN mean."""
-    padding_only = record([[1.0, 2.0, 0.0]], top_k=2, mask=[False])
+    padding_only = router_record([[1.0, 2.0, 0.0]], top_k=2, mask=[False])
     for records in ([], [padding_only]):
         value = loss(records)
         assert value.shape == () and value.item() == 0.0
@@ -36,9 +27,9 @@ def test_no_real_decision_gives_a_zero_loss_not_nan(loss):
 def test_padding_only_routers_are_skipped_not_ending_the_average(loss):
     """Routers with no real decision are left out of the mean over routers; the others still count, including one
     with a single decision."""
-    padding_only = record([[1.0, 2.0, 0.0]], top_k=2, mask=[False])
-    single = record([[3.0, 0.0, 1.0]], top_k=2)
-    two = record([[0.0, 1.0, 2.0], [2.0, 2.0, 0.0]], top_k=2)
+    padding_only = router_record([[1.0, 2.0, 0.0]], top_k=2, mask=[False])
+    single = router_record([[3.0, 0.0, 1.0]], top_k=2)
+    two = router_record([[0.0, 1.0, 2.0], [2.0, 2.0, 0.0]], top_k=2)
     expected = (loss([single]) + loss([two])) / 2
     torch.testing.assert_close(loss([padding_only, single, two]), expected)
     assert loss([single]).item() > 0
