@@ -54,6 +54,9 @@ class MoLExAdapterConfig:
             block and fed with the block input. `"module"`: one router per targeted linear, fed with its input.
         router_noise_std (`float`, defaults to 0.0):
             Standard deviation of Gaussian noise added to router logits in training (noisy top-k gating).
+        router_expert_dropout (`float`, defaults to 0.0):
+            Expert dropout in training: each expert is hidden from each routing decision with this probability
+            (at least `top_k` always stay), a remedy for routers that collapse onto a few experts.
         normalize_top_k (`bool`, defaults to `True`):
             Renormalise the k selected probabilities to sum to 1. Ignored for `top_k == 1`, where the raw
             probability is kept so that the router still receives a gradient (Switch Transformer).
@@ -82,6 +85,7 @@ class MoLExAdapterConfig:
     router_granularity: Literal["token", "utterance"] = "utterance"
     router_scope: Literal["block", "module"] = "block"
     router_noise_std: float = 0.0
+    router_expert_dropout: float = 0.0
     normalize_top_k: bool = True
     load_balance_coef: float = 0.01
     orthogonality_coef: float = 0.01
@@ -130,6 +134,8 @@ class MoLExAdapterConfig:
             )
         if self.router_scope not in ROUTER_SCOPES:
             raise ValueError(f"`router_scope` must be one of {ROUTER_SCOPES}, got {self.router_scope!r}")
+        if not 0.0 <= self.router_expert_dropout < 1.0:
+            raise ValueError(f"`router_expert_dropout` must be in [0, 1), got {self.router_expert_dropout!r}")
         for name in ("router_noise_std", "load_balance_coef", "orthogonality_coef", "router_z_loss_coef"):
             if getattr(self, name) < 0:
                 raise ValueError(f"`{name}` must be >= 0, got {getattr(self, name)!r}")

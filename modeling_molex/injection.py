@@ -42,6 +42,7 @@ def _make_router(adapter: MoLExAdapterConfig, hidden_size: int) -> TopKRouter:
         adapter.top_k,
         granularity=adapter.router_granularity,
         noise_std=adapter.router_noise_std,
+        expert_dropout=adapter.router_expert_dropout,
         normalize_top_k=adapter.normalize_top_k,
     )
 

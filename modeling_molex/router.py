@@ -59,6 +59,7 @@ class TopKRouter(nn.Module):
         granularity: str = "utterance",
         noise_std: float = 0.0,
         normalize_top_k: bool = True,
+        expert_dropout: float = 0.0,
     ):
         super().__init__()
         self.hidden_size = hidden_size
@@ -66,6 +67,7 @@ class TopKRouter(nn.Module):
         self.granularity = granularity
         self.noise_std = noise_std
         self.normalize_top_k = normalize_top_k
+        self.expert_dropout = expert_dropout
         self.weight = nn.ParameterList([nn.Parameter(torch.empty(size, hidden_size)) for size in pack_sizes])
 
     @property
@@ -103,11 +105,22 @@ class TopKRouter(nn.Module):
             logits = logits + torch.randn_like(logits) * self.noise_std
         if expert_mask is not None:
             logits = logits.masked_fill(~expert_mask.to(logits.device), float("-inf"))
+        if self.training and self.expert_dropout > 0:
+            logits = self._drop_experts(logits)
         probs = logits.softmax(dim=-1)  # (B, S, E)
         top_k_probs, top_k_indices = probs.topk(self.top_k, dim=-1)  # (B, S, k)
         if self.normalize_top_k and self.top_k > 1:
             top_k_probs = top_k_probs / top_k_probs.sum(dim=-1, keepdim=True)
         return RouterOutput(logits, probs, top_k_indices, top_k_probs, mask)
+
+    def _drop_experts(self, logits: torch.Tensor) -> torch.Tensor:
+        """Expert dropout: each available expert is hidden from each routing decision with probability
+        `expert_dropout`, so that the router cannot lean on the same few experts (a remedy for router collapse).
+        A decision that would keep fewer than k experts is left whole, so top-k never picks a hidden expert."""
+        available = torch.isfinite(logits)  # (B, S, E)
+        dropped = available & (torch.rand_like(logits) < self.expert_dropout)
+        enough = (available & ~dropped).sum(dim=-1, keepdim=True) >= self.top_k  # (B, S, 1)
+        return logits.masked_fill(dropped & enough, float("-inf"))
 
 
 def _flatten_decisions(record: RouterOutput) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -14,6 +14,7 @@ from training.analysis.analyze_experts import (
     analyze,
     novelty_scores,
     roc_auc,
+    router_balance,
     specialisation,
     usage_by_group,
 )
@@ -33,6 +34,22 @@ def test_roc_auc_matches_pairwise_counting_with_ties():
     positive, negative = np.array([0.9, 0.5, 0.5]), np.array([0.5, 0.1])
     pairs = [(p > n) + 0.5 * (p == n) for p in positive for n in negative]
     assert roc_auc(positive, negative) == pytest.approx(np.mean(pairs))
+
+
+def test_router_balance_turns_collapse_into_a_number():
+    """Collapsed routing (every clip picks experts 0 and 1 of 4, k = 2) has load [.5, .5, 0, 0] and entropy ln 2;
+    routing spread over all four experts reaches ln 4."""
+    collapsed = np.tile(np.array([[1.0, 1.0, 0.0, 0.0]]), (6, 1, 1))  # (clips, routers, experts)
+    spread = np.array([[[1.0, 1.0, 0.0, 0.0]], [[0.0, 0.0, 1.0, 1.0]]] * 3)
+    skewed = np.array([[[1.0, 1.0, 0.0, 0.0]], [[1.0, 0.0, 1.0, 0.0]], [[1.0, 0.0, 0.0, 1.0]]] * 2)
+    balance = router_balance(np.concatenate([collapsed, spread, skewed], axis=1), ["a", "b", "c"], 2)
+    assert balance["a"]["load"] == [0.5, 0.5, 0.0, 0.0]
+    assert balance["a"]["entropy_nats"] == pytest.approx(np.log(2), abs=1e-4)
+    assert balance["a"]["effective_experts"] == pytest.approx(2.0, abs=1e-3)
+    assert balance["b"]["entropy_nats"] == pytest.approx(np.log(4), abs=1e-4) == balance["b"]["max_entropy_nats"]
+    expected = [0.5, 1 / 6, 1 / 6, 1 / 6]  # expert 0 in every decision, the others in one of three each
+    assert balance["c"]["load"] == pytest.approx(expected, abs=1e-4)
+    assert balance["c"]["entropy_nats"] == pytest.approx(-sum(p * np.log(p) for p in expected), abs=1e-4)
 
 
 def test_usage_tables_and_specialisation():
@@ -87,6 +104,9 @@ def test_analysis_end_to_end_on_a_small_corpus(tmp_path):
     assert set(results["usage_by_attack"]) == {"A01", "A04", "bonafide"}
     for table in results["usage_by_attack"].values():
         assert np.allclose(np.asarray(table).sum(axis=-1), 2.0)  # each router picks exactly top-2
+    for name in ("router_balance", "router_balance_reference"):
+        assert list(results[name]) == model.router_names
+        assert all(sum(router["load"]) == pytest.approx(1.0, abs=1e-3) for router in results[name].values())
     assert results["novelty"]["separation"]["num_unseen"] == 2  # the A04 spoofs: never seen in training
     assert 0.0 <= results["novelty"]["separation"]["roc_auc_unseen_vs_known"] <= 1.0
     assert (tmp_path / "analysis" / "expert_usage_eval.png").stat().st_size > 1000

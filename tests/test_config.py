@@ -19,6 +19,8 @@ from modeling_molex import MoLExAdapterConfig, MoLExConfig
         ({"router_granularity": "frame"}, "`router_granularity`"),
         ({"router_scope": "model"}, "`router_scope`"),
         ({"router_noise_std": -1.0}, "`router_noise_std`"),
+        ({"router_expert_dropout": 1.0}, "`router_expert_dropout`"),
+        ({"router_expert_dropout": -0.1}, "`router_expert_dropout`"),
         ({"load_balance_coef": -0.1}, "`load_balance_coef`"),
         ({"expert_packs": {"base": 0}}, "`expert_packs\\['base'\\]`"),
         ({"frozen_packs": ["nope"]}, "`frozen_packs`"),

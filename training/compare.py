@@ -8,6 +8,8 @@ Rows: MFCC + LR; the frozen encoder with only the back-end; a single LoRA with M
 of the encoder (experts kept at zero). Every neural row runs `training.train` (the one training path) with the same
 crops, batch, steps and seeds; only the row's overrides differ. Dev and eval are seeded subsets (`--max_eval_samples`,
 the same subset for every row of a seed), and MFCC + LR is scored on exactly those subsets.
+Opt-in rows try the MoE literature's remedies for router collapse on MoLEx E=8, k=2: noisy gating, a 10x
+load-balance coefficient, expert dropout; every MoLEx row reports its routers' load entropy on the eval subset.
 Writes OUTPUT_DIR/results.json (every run and the mean +- std per row) and OUTPUT_DIR/table.md.
 """
 
@@ -20,9 +22,12 @@ from pathlib import Path
 import numpy as np
 from accelerate import Accelerator
 
+from modeling_molex import MoLExForAudioClassification
 from training import train
+from training.analysis.analyze_experts import router_balance
 from training.baselines.mfcc import fit_and_score
 from training.metrics.asvspoof_metrics import compute_metrics
+from training.metrics.scoring import score_dataset
 from training.trainer.config import load_yaml_config, parse_train_config
 from training.trainer.run_setup import build_model, load_corpus
 
@@ -36,9 +41,29 @@ ROWS = {
                                                                     "orthogonality_coef": 0.0}),
     "molex_e4k1": ("MoLEx E=4, k=1", {"num_experts": 4, "top_k": 1, "rank": 8}),
     "full_finetune": ("full fine-tuning (encoder + back-end)", {"trainable": "full"}),
+    # router-collapse remedies from the MoE literature (opt-in rows: --rows molex_e8k2 molex_e8k2_noise ...)
+    "molex_e8k2_noise": ("MoLEx E=8, k=2, router noise 1.0", {"num_experts": 8, "top_k": 2, "rank": 8,
+                                                             "router_noise_std": 1.0}),
+    "molex_e8k2_balance": ("MoLEx E=8, k=2, load balance 0.1", {"num_experts": 8, "top_k": 2, "rank": 8,
+                                                               "load_balance_coef": 0.1}),
+    "molex_e8k2_expert_dropout": ("MoLEx E=8, k=2, expert dropout 0.25", {"num_experts": 8, "top_k": 2, "rank": 8,
+                                                                         "router_expert_dropout": 0.25}),
 }  # fmt: skip
+PAPER_ROWS = ["mfcc_lr", "frozen_backend", "single_lora", "molex_e8k2", "molex_e8k2_no_orth", "molex_e4k1",
+              "full_finetune"]  # fmt: skip
 # train_seconds: the whole run, training + scoring
-COLUMNS = ("dev_eer", "dev_min_dcf", "eval_known_eer", "eval_unseen_eer", "trainable_parameters", "train_seconds")
+# router_entropy: the mean over blocks of the load entropy on the eval subset (nats; ln E when all experts are equally
+# used, `training.analysis.analyze_experts.router_balance`); min_router_entropy: the most collapsed block's
+COLUMNS = (
+    "dev_eer",
+    "dev_min_dcf",
+    "eval_known_eer",
+    "eval_unseen_eer",
+    "router_entropy",
+    "min_router_entropy",
+    "trainable_parameters",
+    "train_seconds",
+)
 
 
 def _argv(overrides: dict) -> list[str]:
@@ -55,6 +80,22 @@ def trainable_parameters(argv: list[str]) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
+def router_entropies(argv: list[str], model_dir: Path) -> dict:
+    """Mean and smallest per-block load entropy of the trained model's routers on the run's eval subset (empty for
+    rows without a choice of experts)."""
+    config = parse_train_config(argv)
+    model = MoLExForAudioClassification.from_pretrained(model_dir).eval()
+    adapter = model.config.adapter
+    if config.trainable != "experts" or adapter.num_experts <= adapter.top_k:
+        return {}
+    dataset = load_corpus(config)[config.eval_split or config.dev_split]
+    scored = score_dataset(model, dataset, config.eval_batch_size, with_usage=True)
+    entropies = [
+        b["entropy_nats"] for b in router_balance(scored.expert_usage, model.router_names, adapter.top_k).values()
+    ]
+    return {"router_entropy": statistics.fmean(entropies), "min_router_entropy": min(entropies)}
+
+
 def run_neural(row: str, seed: int, base_argv: list[str], output_dir: Path) -> dict:
     argv = [
         *base_argv,
@@ -69,13 +110,15 @@ def run_neural(row: str, seed: int, base_argv: list[str], output_dir: Path) -> d
     started = time.time()
     results = train.main(argv)
     metrics = results["metrics"]
+    seconds = round(time.time() - started, 1)
     return {
         "dev_eer": metrics["dev"]["eer"],
         "dev_min_dcf": metrics["dev"]["min_dcf"],
         "eval_known_eer": (metrics.get("eval_known_attacks") or {}).get("eer"),
         "eval_unseen_eer": (metrics.get("eval_unseen_attacks") or {}).get("eer"),
         "trainable_parameters": count,
-        "train_seconds": round(time.time() - started, 1),
+        "train_seconds": seconds,
+        **router_entropies(argv, output_dir / row / f"seed{seed}" / "model"),
     }
 
 
@@ -138,15 +181,19 @@ def _cell(summary: dict, column: str, scale: float = 100.0, digits: int = 1) -> 
 
 def table(rows: dict[str, dict]) -> str:
     lines = [
-        "| system | dev EER (%) | dev minDCF | eval EER known (%) | eval EER unseen (%) | trainable params | run time (s) |",
-        "|---|---|---|---|---|---|---|",
+        "| system | dev EER (%) | dev minDCF | eval EER known (%) | eval EER unseen (%) | router entropy mean / min "
+        "(nats) | trainable params | run time (s) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for key, entry in rows.items():
         s = entry["summary"]
         params = f"{int(s['trainable_parameters']['mean']):,}" if "trainable_parameters" in s else "n/a"
+        entropy = "n/a"
+        if "router_entropy" in s:
+            entropy = f"{_cell(s, 'router_entropy', 1.0, 2)} / {_cell(s, 'min_router_entropy', 1.0, 2)}"
         lines.append(
             f"| {ROWS[key][0]} | {_cell(s, 'dev_eer')} | {_cell(s, 'dev_min_dcf', 1.0, 3)} | "
-            f"{_cell(s, 'eval_known_eer')} | {_cell(s, 'eval_unseen_eer')} | {params} | "
+            f"{_cell(s, 'eval_known_eer')} | {_cell(s, 'eval_unseen_eer')} | {entropy} | {params} | "
             f"{_cell(s, 'train_seconds', 1.0, 0)} |"
         )
     return "\n".join(lines)
@@ -174,7 +221,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--output_dir", default="outputs/compare")
     parser.add_argument("--corpus_dir", help="default: the config's data_root")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--rows", nargs="+", choices=list(ROWS), default=list(ROWS))
+    parser.add_argument(
+        "--rows", nargs="+", choices=list(ROWS), default=PAPER_ROWS, help=f"default: the paper's rows {PAPER_ROWS}"
+    )
     parser.add_argument("--max_steps", type=int, default=120, help="the step budget of every neural row")
     parser.add_argument("--crop_samples", type=int, default=16000)
     parser.add_argument("--batch_size", type=int, default=16)

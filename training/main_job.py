@@ -125,6 +125,7 @@ def main(argv: list[str] | None = None) -> dict:
     )
     molex["expert_specialisation"] = analysis["expert_specialisation"]
     molex["novelty"] = analysis["novelty"]
+    molex["router_balance"] = analysis["router_balance"]
     molex.setdefault("figures", {})["expert_usage"] = "analysis/" + analysis["figures"]["expert_usage"]
     molex["baseline_mfcc"] = {key: baseline.get(key) for key in ("dev", "eval", "eval_known", "eval_unseen")}
     molex["dataset"]["display_name"] = "MoLEx mini corpus (Debian speech packages, ASVspoof 5 layout)"
@@ -140,6 +141,9 @@ def main(argv: list[str] | None = None) -> dict:
             f"novel-attack score (routing distance to known attacks): ROC AUC unseen vs known = "
             f"{separation['roc_auc_unseen_vs_known']:.3f} (0.5 = no separation)"
         )
+    entropies = " / ".join(f"{v['entropy_nats']:.2f}" for v in analysis["router_balance"].values())
+    maximum = next(iter(analysis["router_balance"].values()))["max_entropy_nats"]
+    print(f"router load entropy per block on eval (nats, {maximum:.2f} = all experts equally used): {entropies}")
     print(f"expert-usage heatmap: {output_dir / 'analysis' / analysis['figures']['expert_usage']}")
     print(
         f"model folder: {output_dir / 'model'}  (demo: .venv/bin/python space_app/app.py --model {output_dir / 'model'})"

@@ -36,13 +36,42 @@ from training.metrics.scoring import aligned_column, score_dataset  # noqa: E402
 from training.trainer.run_setup import subsample  # noqa: E402
 
 
-__all__ = ["SIGNATURES_FILE", "analyze", "novelty_scores", "roc_auc", "specialisation", "usage_by_group"]
+__all__ = [
+    "SIGNATURES_FILE",
+    "analyze",
+    "novelty_scores",
+    "roc_auc",
+    "router_balance",
+    "specialisation",
+    "usage_by_group",
+]
 
 
 def usage_by_group(usage: np.ndarray, groups: list[str]) -> dict[str, np.ndarray]:
     """Mean (routers, experts) usage per group label."""
     names = np.array(groups)
     return {name: usage[names == name].mean(axis=0) for name in sorted(set(groups))}
+
+
+def router_balance(usage: np.ndarray, router_names: list[str], top_k: int) -> dict[str, dict]:
+    """Load and entropy per router, so that collapse shows as a number.
+
+    `usage` is (clips, routers, experts), each clip's share of selections (a router row sums to k). A router's load
+    is the share of all selections each expert got (sums to 1); its entropy is in nats, at most ln E (every expert
+    equally used) and 0 when one expert takes everything (k = 1); `effective_experts` = exp(entropy).
+    """
+    load = usage.mean(axis=0) / top_k  # (R, E)
+    balance = {}
+    for name, row in zip(router_names, load, strict=True):
+        share = row[row > 0]
+        entropy = float(-(share * np.log(share)).sum())
+        balance[name] = {
+            "load": row.round(4).tolist(),
+            "entropy_nats": round(entropy, 4),
+            "max_entropy_nats": round(math.log(len(row)), 4),
+            "effective_experts": round(math.exp(entropy), 3),
+        }
+    return balance
 
 
 def novelty_scores(window_usages: list[np.ndarray], centroids: dict[str, np.ndarray], top_k: int) -> np.ndarray:
@@ -174,6 +203,8 @@ def analyze(
         "usage_by_codec": {k: v.round(4).tolist() for k, v in by_codec.items()},
         "usage_by_attack_reference": {k: v.round(4).tolist() for k, v in centroid_table.items()},
         "expert_specialisation": specialisation(centroid_table),
+        "router_balance": router_balance(target.expert_usage, router_names, top_k),
+        "router_balance_reference": router_balance(reference.expert_usage, router_names, top_k),
         "novelty": {
             "threshold": threshold,
             "mean_by_attack": {a: float(novelty[attack_array == a].mean()) for a in sorted(set(attacks))},
@@ -222,7 +253,8 @@ def main(argv: list[str] | None = None) -> None:
         args.known_attacks,
         args.max_samples,
     )
-    print(json.dumps({"specialisation": results["expert_specialisation"], "novelty": results["novelty"]}, indent=2))
+    summary = {key: results[key] for key in ("expert_specialisation", "router_balance", "novelty")}
+    print(json.dumps(summary, indent=2))
 
 
 if __name__ == "__main__":

@@ -56,6 +56,9 @@ class TrainConfig:
     )
     router_scope: Literal["block", "module"] = _help("One router per block, or one per adapted linear.", "block")
     router_noise_std: float = _help("Gaussian noise on router logits in training.", 0.0)
+    router_expert_dropout: float = _help(
+        "Expert dropout in training: probability that an expert is hidden from a routing decision.", 0.0
+    )
     load_balance_coef: float = _help("Weight of the load-balancing loss.", 0.01)
     orthogonality_coef: float = _help("Weight of the expert orthogonality loss.", 0.01)
     router_z_loss_coef: float = _help("Weight of the router z-loss.", 0.001)

@@ -33,6 +33,7 @@ ADAPTER_FIELDS = {
         "router_granularity",
         "router_scope",
         "router_noise_std",
+        "router_expert_dropout",
         "load_balance_coef",
         "orthogonality_coef",
         "router_z_loss_coef",
