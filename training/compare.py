@@ -32,21 +32,24 @@ from training.trainer.config import load_yaml_config, parse_train_config
 from training.trainer.run_setup import build_model, load_corpus
 
 
+# The paper's rows route as the paper does, whatever the config adds (configs/tiny.yaml uses expert dropout).
+PAPER_ROUTING = {"router_expert_dropout": 0.0, "router_noise_std": 0.0, "load_balance_coef": 0.01}
 ROWS = {
     "mfcc_lr": ("MFCC + LR", None),
     "frozen_backend": ("frozen encoder, back-end only", {"trainable": "head"}),
     "single_lora": ("single LoRA, MoLEx E8 k2 budget", {"num_experts": 1, "top_k": 1, "rank": 64}),
-    "molex_e8k2": ("MoLEx E=8, k=2", {"num_experts": 8, "top_k": 2, "rank": 8}),
-    "molex_e8k2_no_orth": ("MoLEx E=8, k=2, no orthogonality loss", {"num_experts": 8, "top_k": 2, "rank": 8,
-                                                                    "orthogonality_coef": 0.0}),
-    "molex_e4k1": ("MoLEx E=4, k=1", {"num_experts": 4, "top_k": 1, "rank": 8}),
+    "molex_e8k2": ("MoLEx E=8, k=2", {**PAPER_ROUTING, "num_experts": 8, "top_k": 2, "rank": 8}),
+    "molex_e8k2_no_orth": ("MoLEx E=8, k=2, no orthogonality loss", {**PAPER_ROUTING, "num_experts": 8, "top_k": 2,
+                                                                    "rank": 8, "orthogonality_coef": 0.0}),
+    "molex_e4k1": ("MoLEx E=4, k=1", {**PAPER_ROUTING, "num_experts": 4, "top_k": 1, "rank": 8}),
     "full_finetune": ("full fine-tuning (encoder + back-end)", {"trainable": "full"}),
     # router-collapse remedies from the MoE literature (opt-in rows: --rows molex_e8k2 molex_e8k2_noise ...)
-    "molex_e8k2_noise": ("MoLEx E=8, k=2, router noise 1.0", {"num_experts": 8, "top_k": 2, "rank": 8,
-                                                             "router_noise_std": 1.0}),
-    "molex_e8k2_balance": ("MoLEx E=8, k=2, load balance 0.1", {"num_experts": 8, "top_k": 2, "rank": 8,
-                                                               "load_balance_coef": 0.1}),
-    "molex_e8k2_expert_dropout": ("MoLEx E=8, k=2, expert dropout 0.25", {"num_experts": 8, "top_k": 2, "rank": 8,
+    "molex_e8k2_noise": ("MoLEx E=8, k=2, router noise 1.0", {**PAPER_ROUTING, "num_experts": 8, "top_k": 2,
+                                                             "rank": 8, "router_noise_std": 1.0}),
+    "molex_e8k2_balance": ("MoLEx E=8, k=2, load balance 0.1", {**PAPER_ROUTING, "num_experts": 8, "top_k": 2,
+                                                               "rank": 8, "load_balance_coef": 0.1}),
+    "molex_e8k2_expert_dropout": ("MoLEx E=8, k=2, expert dropout 0.25", {**PAPER_ROUTING, "num_experts": 8,
+                                                                         "top_k": 2, "rank": 8,
                                                                          "router_expert_dropout": 0.25}),
 }  # fmt: skip
 PAPER_ROWS = ["mfcc_lr", "frozen_backend", "single_lora", "molex_e8k2", "molex_e8k2_no_orth", "molex_e4k1",
