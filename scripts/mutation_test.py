@@ -77,8 +77,19 @@ TESTS_BY_FILE = {
         "-k",
         "not each_target_module_really and not bf16_forward and not no_graph_below",
     ],
-    "training/trainer/checkpointing.py": ["tests/test_checkpoints.py", "tests/test_train_loop.py"],
-    "training/trainer/loop.py": ["tests/test_train_loop.py"],
+    # Direct unit tests only: the end-to-end checkpoint tests (test_checkpoints, test_train_loop) run a training in
+    # a fixture, seconds per mutant, and pin nothing that the unit tests do not.
+    "training/trainer/checkpointing.py": [
+        "tests/test_checkpointing_units.py",
+        "tests/test_train.py::test_half_written_checkpoints_are_never_resumed",
+    ],
+    # The scripted-run fixture of test_train_loop trains for seconds per mutant; test_loop_units pins the same
+    # decisions on a hand-assembled run in milliseconds, and one real `train.main` covers setup_run and main.
+    "training/trainer/loop.py": [
+        "tests/test_loop_units.py",
+        "tests/test_train_loop.py::test_launches_that_would_train_silently_wrong_are_refused",
+        "tests/test_train_loop.py::test_a_trainable_parameter_without_gradient_stops_training",
+    ],
 }
 
 STATUS_BY_EMOJI = {
