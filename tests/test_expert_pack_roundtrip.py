@@ -100,6 +100,20 @@ def test_a_pack_file_holding_three_packs_gives_each_its_own_rows_and_weights(tmp
                 router.weight[-1].copy_(torch.randn(router.weight[-1].shape, generator=generator))
     packs = ["domain_b", "domain_c", "domain_d"]
     trained.save_experts(tmp_path / "pack", names=packs)
+    index = json.loads((tmp_path / "pack" / "index.json").read_text())  # the documented pack format
+    backbone = trained.config.backbone_config
+    assert {k: v for k, v in index.items() if k != "experts"} == {
+        "format": "molex-expert-pack",
+        "version": 1,
+        "backbone": {"model_type": "wav2vec2", "hidden_size": backbone.hidden_size,
+                     "num_hidden_layers": backbone.num_hidden_layers,
+                     "name_or_path": trained.config.adapter.base_model_name_or_path},
+    }  # fmt: skip
+    modules = sorted(trained.expert_layers())
+    assert index["experts"] == [
+        {"name": f"expert_{i}", "pack": pack, "router_column": i - 3, "r": 4, "lora_alpha": 16.0, "modules": modules}
+        for i, pack in zip(range(3, 7), ["domain_b", "domain_b", "domain_c", "domain_d"], strict=True)
+    ]
     host = build("block")
     assert host.load_experts(tmp_path / "pack", trainable=False) == packs
     adapter = host.config.adapter
