@@ -136,7 +136,8 @@ def test_a_checkpoint_holds_exactly_its_documented_files_with_their_contents(tmp
     assert meta["state"] == {"0": {}, "1": {}}
     assert [group["params"] for group in meta["param_groups"]] == [[0], [1]]
     rng = json.loads((path / "rng_states.json").read_text())
-    assert len(rng) == 1 and sorted(rng[0]) == ["numpy", "python", "torch"]  # one entry per rank
+    devices = ["cuda"] if torch.cuda.is_available() else []
+    assert len(rng) == 1 and sorted(rng[0]) == sorted(["numpy", "python", "torch", *devices])  # one entry per rank
     assert torch.equal(torch.tensor(rng[0]["torch"], dtype=torch.uint8), torch.get_rng_state())
     assert rng[0]["python"][1] == list(random.getstate()[1])
     assert load_checkpoint(accelerator, path, *make_training())[1] is None  # no best file: no best weights
@@ -227,9 +228,11 @@ def test_a_file_other_than_json_or_safetensors_anywhere_in_the_checkpoint_is_ref
     (tmp_path / "no_suffix").write_bytes(b"")
     with pytest.raises(ValueError) as error:
         refuse_unsafe_files(tmp_path)
-    message = str(error.value)
-    assert message.startswith(f"Checkpoint {tmp_path} holds ['no_suffix', 'state.pt', 'z.bin']: MoLEx checkpoints")
-    assert "only JSON and safetensors" in message
+    assert str(error.value) == (
+        f"Checkpoint {tmp_path} holds ['no_suffix', 'state.pt', 'z.bin']: MoLEx checkpoints contain only JSON and "
+        "safetensors files, and nothing else is ever loaded (a pickle could run code). Remove them or resume from "
+        "another checkpoint."
+    )
 
 
 def test_load_refuses_a_planted_file_before_reading_anything(tmp_path):
@@ -256,6 +259,20 @@ def test_loading_trainable_weights_names_the_source_and_the_mismatched_tensors(t
     many = {f"z{i}": torch.ones(1) for i in range(7)} | weights
     with pytest.raises(RuntimeError, match=r"unexpected \['z0', 'z1', 'z2', 'z3', 'z4'\]$"):
         load_trainable_state(model, many, "src")
+    deep = torch.nn.Sequential(*[torch.nn.Linear(1, 1) for _ in range(4)])  # 8 trainable tensors
+    with pytest.raises(RuntimeError, match=r"missing \['0.bias', '0.weight', '1.bias', '1.weight', '2.bias'\],"):
+        load_trainable_state(deep, {}, "src")
+
+
+def test_a_checkpoint_for_another_model_is_refused_naming_the_checkpoint(tmp_path):
+    accelerator = accelerator_for(tmp_path)
+    model, optimizer, scheduler = make_training()
+    path = save_checkpoint(accelerator, model, optimizer, scheduler, {}, None, {})
+    other, other_optimizer, other_scheduler = make_training()
+    other.register_parameter("extra", torch.nn.Parameter(torch.zeros(1)))
+    with pytest.raises(RuntimeError) as error:
+        load_checkpoint(accelerator, path, other, other_optimizer, other_scheduler)
+    assert str(error.value) == f"checkpoint {path} does not match the model: missing ['extra'], unexpected []"
 
 
 def test_rng_states_saved_by_another_world_size_are_not_applied(tmp_path):
@@ -273,13 +290,15 @@ def test_rng_states_saved_by_another_world_size_are_not_applied(tmp_path):
 
 
 class CountingSGD(torch.optim.SGD):
-    """SGD that also keeps a plain-int per-parameter counter, as LBFGS does: non-tensor state goes to JSON."""
+    """SGD that also keeps a plain-int per-parameter counter, as LBFGS does (non-tensor state goes to JSON), and a
+    tensor under a key holding '.' and '/' (the separators of the saved names)."""
 
     def step(self, closure=None):
         super().step(closure)
         for group in self.param_groups:
             for parameter in group["params"]:
                 self.state[parameter]["updates"] = self.state[parameter].get("updates", 0) + 1
+                self.state[parameter]["ema/avg.sq"] = parameter.detach() ** 2
 
 
 def test_non_tensor_optimizer_state_round_trips_through_json(tmp_path):
@@ -296,6 +315,7 @@ def test_non_tensor_optimizer_state_round_trips_through_json(tmp_path):
     restored = fresh.state[model.head.weight]
     assert restored["updates"] == 2
     assert torch.equal(restored["momentum_buffer"], optimizer.state[model.head.weight]["momentum_buffer"])
+    assert torch.equal(restored["ema/avg.sq"], model.head.weight.detach() ** 2)
 
 
 def test_a_grad_scaler_state_is_saved_and_restored(tmp_path):
@@ -309,3 +329,9 @@ def test_a_grad_scaler_state_is_saved_and_restored(tmp_path):
     accelerator.scaler = torch.amp.GradScaler("cpu", init_scale=2.0, growth_interval=3)
     load_checkpoint(accelerator, path, model, optimizer, scheduler)
     assert accelerator.scaler.state_dict() == saved
+    accelerator.scaler = None
+    without = save_checkpoint(accelerator, model, optimizer, scheduler, {}, None, {})
+    assert not (without / checkpointing.SCALER_FILE).exists()
+    accelerator.scaler = torch.amp.GradScaler("cpu", init_scale=2.0)  # a checkpoint without one leaves it as is
+    load_checkpoint(accelerator, without, model, optimizer, scheduler)
+    assert accelerator.scaler.get_scale() == 2.0
