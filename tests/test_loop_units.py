@@ -19,6 +19,7 @@ from safetensors.torch import load_file
 from tqdm.std import tqdm
 from train_fixtures import tiny_run_args, write_synthetic_asvspoof5
 
+from modeling_molex import MoLExForAudioClassification
 from training.trainer import loop
 from training.trainer.checkpointing import list_checkpoints, save_checkpoint, trainable_state
 from training.trainer.config import TrainConfig, parse_train_config
@@ -87,6 +88,7 @@ def scripted_dev(monkeypatch):
     calls: list[tuple] = []
 
     def score_loader(model, loader, accelerator, description):
+        assert isinstance(model, Recorder) and isinstance(accelerator, Accelerator)
         calls.append((loader, description))
         return "dev scores"
 
@@ -112,13 +114,20 @@ def saved_steps(run: Run) -> list[int]:
 
 
 def test_the_loop_keeps_the_lowest_metric_and_stops_after_patience_evaluations_without_improvement(
-    tmp_path, scripted_dev
+    tmp_path, scripted_dev, capsys
 ):
     eers, calls = scripted_dev
     eers += [0.4, 0.3, 0.2, 0.35, 0.45, 0.5, 0.55, 0.6]
     run = make_run(tmp_path, list(range(8)), total_steps=8, eval_every_steps=1, early_stopping_patience=2)
+    tracked = []  # what the trackers (TensorBoard, trackio) would receive
+    run.accelerator.log = lambda values, step=None: tracked.append((step, sorted(values)))
     state = TrainState()
     loop.train(run, state)
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0] == "distributed: NO, model: Recorder"
+    assert printed[3] == "step 3: dev EER 20.00% minDCF 0.8000"
+    train_keys = ["train/aux_loss", "train/epoch", "train/loss", "train/lr"]
+    assert tracked[:2] == [(1, train_keys), (1, ["dev/eer", "dev/min_dcf"])] and len(tracked) == 10
     assert (state.global_step, state.best_step, state.best_metric, state.evals_without_improvement) == (5, 3, 0.2, 2)
     assert calls == [("dev loader", "dev")] * 5
     assert [(r["step"], r["epoch"], r["eer"], r["min_dcf"]) for r in state.history] == [
@@ -204,6 +213,7 @@ def test_gradient_accumulation_counts_optimizer_steps_not_batches(tmp_path, scri
     loop.train(run, state)
     assert (state.global_step, state.batches_in_epoch, run.model.seen) == (2, 4, [0, 1, 2, 3])
     assert run.scheduler.last_epoch == 2  # stepped once per optimizer step
+    assert run.train_collator.epochs == [0]  # one pass over the epoch, not restarted after a micro-batch
     assert [r["step"] for r in log_records(run, "train")] == [1, 2]
     assert not torch.equal(before, run.model.linear.weight)
 
@@ -224,6 +234,45 @@ def test_a_batch_that_failed_to_decode_is_skipped_but_counted_as_consumed(tmp_pa
     state = TrainState()
     loop.train(run, state)
     assert run.model.seen == [0, 2, 3] and state.global_step == 3 and state.batches_in_epoch == 4
+    assert run.train_collator.epochs == [0]  # the epoch goes on after the empty batch, it is not restarted
+
+
+def test_the_epoch_count_bounds_a_run_whose_skipped_batches_leave_it_short_of_total_steps(tmp_path, scripted_dev):
+    eers, _ = scripted_dev
+    eers += [0.1, 0.2]
+    run = make_run(tmp_path, [0, -1, 2], total_steps=3, num_epochs=1, eval_every_steps=0)
+    state = TrainState()
+    loop.train(run, state)
+    assert run.model.seen == [0, 2] and state.global_step == 2 and [r["step"] for r in state.history] == [2]
+
+
+def test_the_gradient_check_runs_at_the_first_optimizer_step_only(tmp_path, scripted_dev):
+    """Checked once (it walks every parameter): a parameter missing a gradient at step 1 stops the run, one
+    missing later does not."""
+    eers, _ = scripted_dev
+    eers += [0.1, 0.2]
+
+    class FirstStepOnly(Recorder):
+        def __init__(self):
+            super().__init__()
+            self.extra = torch.nn.Parameter(torch.zeros(1))
+
+        def forward(self, x, labels):
+            output = super().forward(x, labels)
+            if self.seen[0] == int(x[0, 0]) and len(self.seen) == 1:  # only the first batch uses `extra`
+                output.loss = output.loss + self.extra.sum()
+            return output
+
+    run = make_run(tmp_path / "a", [0, 1, 2], total_steps=3, eval_every_steps=3)
+    run.model = FirstStepOnly()
+    run.optimizer = run.accelerator.prepare(torch.optim.SGD(run.model.parameters(), lr=0.1))
+    run.scheduler = torch.optim.lr_scheduler.LambdaLR(run.optimizer, lambda step: 1.0)
+    loop.train(run, TrainState())
+    assert run.model.seen == [0, 1, 2]
+    bypassed = make_run(tmp_path / "b", [0, 1], total_steps=2, eval_every_steps=2)
+    bypassed.model.register_parameter("bypassed", torch.nn.Parameter(torch.zeros(1)))
+    with pytest.raises(RuntimeError, match=r"^1 trainable parameters got no gradient, e.g. \['bypassed'\]$"):
+        loop.train(bypassed, TrainState())
 
 
 def test_a_finished_state_trains_nothing_and_is_evaluated_only_if_its_last_step_was_not(tmp_path, scripted_dev):
@@ -266,6 +315,11 @@ def test_a_parameter_without_gradient_is_an_error_naming_it():
     assert str(error.value) == "1 trainable parameters got no gradient, e.g. ['unused']"
     model.unused.grad = torch.zeros(1)
     loop.check_every_trainable_parameter_has_a_gradient(model)
+    untouched = torch.nn.Sequential(*[torch.nn.Linear(1, 1) for _ in range(4)])  # 8 tensors, none with a gradient
+    with pytest.raises(
+        RuntimeError, match=r"^8 trainable .* \['0.weight', '0.bias', '1.weight', '1.bias', '2.weight'\]$"
+    ):
+        loop.check_every_trainable_parameter_has_a_gradient(untouched)
 
 
 def test_train_state_records_improvements_strictly_and_round_trips_as_a_dict():
@@ -293,6 +347,8 @@ def test_the_jsonl_log_appends_one_timestamped_record_per_line_on_the_main_proce
     assert (tmp_path / "new" / "log.jsonl").read_text() == (
         '{"time": 12.346, "event": "a"}\n{"time": 1, "event": "b"}\n'
     )
+    JsonlLog(tmp_path / "new" / "log.jsonl", enabled=True).write({"event": "c"})  # a resumed run appends
+    assert (tmp_path / "new" / "log.jsonl").read_text().count("\n") == 3
     JsonlLog(tmp_path / "other" / "log.jsonl", enabled=False).write({"event": "a"})
     assert not (tmp_path / "other").exists()
 
@@ -309,7 +365,7 @@ def test_trackers_follow_log_with(monkeypatch, tmp_path):
     assert loop._trackers(config("auto")) is None
 
 
-def test_restore_or_start_numbers_after_old_checkpoints_and_resumes_the_named_one(tmp_path):
+def test_restore_or_start_numbers_after_old_checkpoints_and_resumes_the_named_one(tmp_path, capsys):
     run = make_run(tmp_path, [0], total_steps=1)
     accelerator = run.accelerator
     accelerator.project_configuration.iteration = 4
@@ -328,11 +384,12 @@ def test_restore_or_start_numbers_after_old_checkpoints_and_resumes_the_named_on
     assert all(torch.equal(run.best[n], best[n]) for n in best) and run.best.keys() == best.keys()
     assert torch.equal(run.model.linear.weight, saved["linear.weight"])
     path = str(tmp_path / "checkpoints" / "checkpoint_4")
+    assert capsys.readouterr().out == f"Resumed from {path} at step 7\n"
     assert log_records(run, "resumed")[0] | {"time": 0} == {"time": 0, "event": "resumed", "checkpoint": path,
                                                             "global_step": 7}  # fmt: skip
 
 
-@pytest.mark.parametrize("max_steps", [-1, 3])
+@pytest.mark.parametrize("max_steps", [0, 1, 3])
 def test_setup_run_assembles_the_accelerator_loaders_and_step_counts_from_the_config(tmp_path, max_steps):
     corpus = write_synthetic_asvspoof5(tmp_path / "corpus", per_class=5, seconds=0.3)
     args = tiny_run_args(corpus, tmp_path / "run", "--num_epochs", "2", "--max_steps", str(max_steps))
@@ -340,6 +397,9 @@ def test_setup_run_assembles_the_accelerator_loaders_and_step_counts_from_the_co
     run = loop.setup_run(parse_train_config(args))
     accelerator, config = run.accelerator, run.config
     assert accelerator.device.type == "cpu" and accelerator.mixed_precision == "no"
+    assert isinstance(run.model, MoLExForAudioClassification) and run.model.config.adapter.num_experts == 4
+    assert run.train_collator.policy.normalize is run.model.config.normalize_audio
+    assert all(len(loader) == 3 for loader in run.eval_loaders.values())  # 10 clips per split, batches of 4
     assert accelerator.gradient_accumulation_steps == 2 and accelerator.trackers == []
     project = accelerator.project_configuration
     assert (project.project_dir, project.automatic_checkpoint_naming, project.total_limit) == (str(run.output_dir),
@@ -351,7 +411,7 @@ def test_setup_run_assembles_the_accelerator_loaders_and_step_counts_from_the_co
     assert len(run.train_loader) == 3  # 10 clips in batches of 4, prepared for the accelerator
     assert run.optimizer.optimizer is run.scheduler.optimizer  # prepared optimizer, scheduler stepped by hand
     # 3 micro-batches, 2 per optimizer step: 2 steps per epoch (the last one short); max_steps overrides epochs
-    assert (run.total_steps, run.num_epochs) == {-1: (4, 2), 3: (3, 2)}[max_steps]
+    assert (run.total_steps, run.num_epochs) == {0: (4, 2), 1: (1, 1), 3: (3, 2)}[max_steps]
     assert run.log.enabled and run.log.path == run.output_dir / "logs" / "train_log.jsonl"
     assert run.best is None and run.train_collator.train
 
@@ -372,3 +432,22 @@ def test_main_parses_sets_up_restores_trains_then_finishes_with_the_training_tim
     assert loop.main(["--data_root", str(tmp_path), "--seed", "11"]) == {"done": 1}
     assert calls == [("setup_run", 11), ("restore", True), ("train", True, True), ("finish", True, True, 7.5),
                      "end_training"]  # fmt: skip
+
+
+def test_refused_launches_say_what_to_do(monkeypatch):
+    accelerator = Accelerator(cpu=True)
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "True")  # accelerate writes booleans either way
+    with pytest.raises(RuntimeError) as error:
+        loop.check_launch(accelerator)
+    assert str(error.value) == (
+        "FSDP/DeepSpeed sharding is not supported: MoLEx trains its small expert set with DDP (see README, 'Several "
+        "nodes'); launch with --multi_gpu (or --num_machines N) instead of --use_fsdp"
+    )
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "false")
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    with pytest.raises(RuntimeError) as error:
+        loop.check_launch(accelerator)
+    assert str(error.value) == (
+        "3 processes were launched but accelerate runs each of them alone (distributed type NO); on CPU pass "
+        "`--cpu true`"
+    )
