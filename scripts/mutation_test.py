@@ -45,6 +45,7 @@ TESTS_BY_FILE = {
         "tests/test_router_edges.py",
         "tests/test_expert_pack_roundtrip.py",
         "tests/test_modeling.py::test_top_k_selects_exactly_k_and_matches_a_reference_loop",
+        "tests/test_hf_surfaces.py::test_set_active_packs_routes_only_to_their_experts",
     ],
     # (the evaluate-module test runs the metric in a subprocess, outside mutmut's reach)
     "training/metrics/asvspoof_metrics.py": [
