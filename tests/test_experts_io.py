@@ -303,3 +303,17 @@ def test_a_refused_load_leaves_the_model_unchanged_and_a_valid_load_still_works(
     assert all(torch.equal(target.state_dict()[key], value) for key, value in before.items())
     assert target.load_experts(tmp_path / "good") == ["extra"]
     assert target.config.adapter.expert_packs == {"base": 4, "extra": 3}
+
+
+@pytest.mark.parametrize(("field", "value"), [("model_type", "hubert"), ("hidden_size", 48), ("num_hidden_layers", 5)])
+def test_a_pack_for_another_backbone_is_refused_naming_the_backbone_field(tmp_path, field, value):
+    model = build()
+    model.save_experts(tmp_path / "pack")
+    _edit_index(tmp_path / "pack", lambda index: index["backbone"].update({field: value}))
+    ours = getattr(model.config.backbone_config, field)
+    with pytest.raises(ValueError) as error:
+        build().load_experts(tmp_path / "pack")
+    assert (
+        str(error.value)
+        == f"Expert pack {tmp_path / 'pack'}: `backbone.{field}` is {value!r} but this model has {ours!r}"
+    )
