@@ -261,8 +261,12 @@ def test_an_expert_name_outside_the_pack_is_refused_naming_the_entry(tmp_path, e
     _edit_index(tmp_path / "pack", point_outside)
     target = build()
     before = _state(target)
-    with pytest.raises(ValueError, match=r"index\.json.*entry 0.*plain folder name"):
+    with pytest.raises(ValueError) as error:
         target.load_experts(tmp_path / "pack")
+    assert str(error.value) == (
+        f"{tmp_path / 'pack' / 'index.json'}: entry 0 names expert {name!r}; an expert name must be a plain folder "
+        "name inside the pack (no path separators, '..' or absolute paths)"
+    )
     assert target.state_dict().keys() == before.keys()
     assert all(torch.equal(target.state_dict()[key], value) for key, value in before.items())
 
@@ -296,8 +300,19 @@ def test_a_refused_load_leaves_the_model_unchanged_and_a_valid_load_still_works(
         save_file(rows, bad / "router.safetensors")
     target = build()
     before, adapter_before = _state(target), target.config.adapter.to_dict()
-    with pytest.raises((ValueError, KeyError)):
+    with pytest.raises((ValueError, KeyError)) as error:
         target.load_experts(bad)
+    key = "base_model.model.encoder.layers.1.feed_forward.output_dense.lora_A.weight"
+    weights_path = bad / "expert_6" / "adapter_model.safetensors"
+    assert (
+        error.value.args[0]
+        == {  # each error names the file and what is wrong in it
+            "index_lists_fewer_experts": f"{bad / 'index.json'}: `experts` lists 2 experts, the pack config declares 3",
+            "expert_tensor_missing": f"{weights_path}: missing tensor {key!r}",
+            "expert_tensor_wrong_shape": f"{weights_path}: tensor {key!r} has shape (2, 64), expected (4, 64)",
+            "router_rows_missing": f"{bad / 'router.safetensors'}: no rows for routers ['layer_1']",
+        }[defect]
+    )
     assert target.config.adapter.to_dict() == adapter_before
     assert target.state_dict().keys() == before.keys()
     assert all(torch.equal(target.state_dict()[key], value) for key, value in before.items())
