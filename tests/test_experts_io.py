@@ -332,3 +332,17 @@ def test_a_pack_for_another_backbone_is_refused_naming_the_backbone_field(tmp_pa
         str(error.value)
         == f"Expert pack {tmp_path / 'pack'}: `backbone.{field}` is {value!r} but this model has {ours!r}"
     )
+
+
+def test_a_failed_pack_save_leaves_no_staging_folder_and_the_old_pack_intact(tmp_path, monkeypatch):
+    model = build()
+    model.save_experts(tmp_path / "pack")
+    before = {p.relative_to(tmp_path): p.stat().st_mtime_ns for p in tmp_path.rglob("*")}
+
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr("modeling_molex.experts_io.save_file", broken)
+    with pytest.raises(OSError, match="disk full"):
+        model.save_experts(tmp_path / "pack")
+    assert {p.relative_to(tmp_path): p.stat().st_mtime_ns for p in tmp_path.rglob("*")} == before
