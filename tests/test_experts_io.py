@@ -346,3 +346,15 @@ def test_a_failed_pack_save_leaves_no_staging_folder_and_the_old_pack_intact(tmp
     with pytest.raises(OSError, match="disk full"):
         model.save_experts(tmp_path / "pack")
     assert {p.relative_to(tmp_path): p.stat().st_mtime_ns for p in tmp_path.rglob("*")} == before
+
+
+def test_experts_can_be_saved_by_name_and_mixed_with_packs(tmp_path):
+    model = build()
+    model.add_experts(2, pack_name="extra")
+    assert model.save_experts(tmp_path / "pack", names=["expert_5", "expert_1"]) == ["expert_1", "expert_5"]
+    index = json.loads((tmp_path / "pack" / "index.json").read_text())
+    assert [(e["name"], e["pack"], e["router_column"]) for e in index["experts"]] == [
+        ("expert_1", "base", 0),
+        ("expert_5", "extra", 1),
+    ]
+    assert model.save_experts(tmp_path / "mixed", names=["extra", "expert_0"]) == ["expert_0", "expert_4", "expert_5"]
