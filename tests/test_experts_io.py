@@ -273,7 +273,14 @@ def test_an_expert_name_outside_the_pack_is_refused_naming_the_entry(tmp_path, e
 
 @pytest.mark.parametrize(
     "defect",
-    ["index_lists_fewer_experts", "expert_tensor_missing", "expert_tensor_wrong_shape", "router_rows_missing"],
+    [
+        "index_lists_fewer_experts",
+        "expert_file_missing",
+        "expert_tensor_missing",
+        "expert_tensor_wrong_shape",
+        "router_rows_missing",
+        "router_rows_wrong_shape",
+    ],
 )
 def test_a_refused_load_leaves_the_model_unchanged_and_a_valid_load_still_works(tmp_path, defect):
     source = build(seed=3)
@@ -285,6 +292,8 @@ def test_a_refused_load_leaves_the_model_unchanged_and_a_valid_load_still_works(
     bad = tmp_path / "bad"
     if defect == "index_lists_fewer_experts":
         _edit_index(bad, lambda index: index["experts"].pop())
+    elif defect == "expert_file_missing":
+        (bad / "expert_6" / "adapter_model.safetensors").unlink()
     elif defect in ("expert_tensor_missing", "expert_tensor_wrong_shape"):
         weights_path = bad / "expert_6" / "adapter_model.safetensors"
         tensors = load_file(weights_path)
@@ -296,11 +305,14 @@ def test_a_refused_load_leaves_the_model_unchanged_and_a_valid_load_still_works(
         save_file(tensors, weights_path)
     else:
         rows = load_file(bad / "router.safetensors")
-        del rows["layer_1"]
+        if defect == "router_rows_missing":
+            del rows["layer_1"]
+        else:
+            rows["layer_1"] = rows["layer_1"][:2]
         save_file(rows, bad / "router.safetensors")
     target = build()
     before, adapter_before = _state(target), target.config.adapter.to_dict()
-    with pytest.raises((ValueError, KeyError)) as error:
+    with pytest.raises((ValueError, KeyError, FileNotFoundError)) as error:
         target.load_experts(bad)
     key = "base_model.model.encoder.layers.1.feed_forward.output_dense.lora_A.weight"
     weights_path = bad / "expert_6" / "adapter_model.safetensors"
@@ -311,6 +323,9 @@ def test_a_refused_load_leaves_the_model_unchanged_and_a_valid_load_still_works(
             "expert_tensor_missing": f"{weights_path}: missing tensor {key!r}",
             "expert_tensor_wrong_shape": f"{weights_path}: tensor {key!r} has shape (2, 64), expected (4, 64)",
             "router_rows_missing": f"{bad / 'router.safetensors'}: no rows for routers ['layer_1']",
+            "expert_file_missing": f"Expert pack {bad}: expert 'expert_6' has no adapter_model.safetensors",
+            "router_rows_wrong_shape": f"{bad / 'router.safetensors'}: router 'layer_1' rows have shape (2, 32), "
+            "expected (3, 32)",
         }[defect]
     )
     assert target.config.adapter.to_dict() == adapter_before
