@@ -45,6 +45,7 @@ TESTS_BY_FILE = {
         "tests/test_router_edges.py",
         "tests/test_expert_pack_roundtrip.py",
         "tests/test_modeling.py::test_top_k_selects_exactly_k_and_matches_a_reference_loop",
+        "tests/test_hf_surfaces.py::test_set_active_packs_routes_only_to_their_experts",
     ],
     # (the evaluate-module test runs the metric in a subprocess, outside mutmut's reach)
     "training/metrics/asvspoof_metrics.py": [
@@ -77,8 +78,18 @@ TESTS_BY_FILE = {
         "-k",
         "not each_target_module_really and not bf16_forward and not no_graph_below",
     ],
-    "training/trainer/checkpointing.py": ["tests/test_checkpoints.py", "tests/test_train_loop.py"],
-    "training/trainer/loop.py": ["tests/test_train_loop.py"],
+    # Direct unit tests only: the end-to-end checkpoint tests (test_checkpoints, test_train_loop) run a training in
+    # a fixture, seconds per mutant, and pin nothing that the unit tests do not.
+    "training/trainer/checkpointing.py": [
+        "tests/test_checkpointing_units.py",
+        "tests/test_train.py::test_half_written_checkpoints_are_never_resumed",
+    ],
+    # test_train_loop's end-to-end runs train for seconds per mutant; test_loop_units pins the same decisions on a
+    # hand-assembled run in milliseconds (and setup_run on the tiny synthetic corpus).
+    "training/trainer/loop.py": [
+        "tests/test_loop_units.py",
+        "tests/test_train_loop.py::test_launches_that_would_train_silently_wrong_are_refused",
+    ],
 }
 
 STATUS_BY_EMOJI = {

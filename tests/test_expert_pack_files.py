@@ -122,6 +122,14 @@ def _pack_with_index(tmp_path, edit) -> tuple:
             r"entry 1 names expert 'a\\\\b'",
         ),
         (lambda index: {**index, "experts": [index["experts"][0], "x"]}, r"entry 1 names expert None"),
+        (
+            lambda index: {**index, "experts": [{**entry, "router_column": 0} for entry in index["experts"]]},
+            r"index\.json: `router_column` values must be 0\.\.1, each once$",
+        ),
+        (
+            lambda index: {**index, "experts": [{**e, "name": index["experts"][0]["name"]} for e in index["experts"]]},
+            r"index\.json: expert names are not unique$",
+        ),
     ],
 )
 def test_a_malformed_index_is_refused_naming_the_problem_before_the_model_changes(tmp_path, edit, message):

@@ -83,3 +83,44 @@ def test_pack_with_nonzero_router_rows_round_trips_block_scope(tmp_path):
 
 def test_pack_with_nonzero_router_rows_round_trips_module_scope(tmp_path):
     _round_trip_case(tmp_path, "module")
+
+
+def test_a_pack_file_holding_three_packs_gives_each_its_own_rows_and_weights(tmp_path):
+    """Three packs of sizes 2, 1, 1 saved together: loading must slice rows 0-1, 2 and 3 (an offset or slice bug
+    swaps or repeats rows, which a single-pack file never shows)."""
+    trained = trained_pack_model("block")  # base (3 experts) + domain_b (2)
+    generator = torch.Generator().manual_seed(8)
+    for name in ["domain_c", "domain_d"]:
+        trained.add_experts(1, pack_name=name)
+        with torch.no_grad():
+            for layer in trained.expert_layers().values():
+                layer.lora_A[-1].copy_(torch.randn(layer.lora_A[-1].shape, generator=generator))
+                layer.lora_B[-1].copy_(torch.randn(layer.lora_B[-1].shape, generator=generator) * 0.3)
+            for router in trained.routers().values():
+                router.weight[-1].copy_(torch.randn(router.weight[-1].shape, generator=generator))
+    packs = ["domain_b", "domain_c", "domain_d"]
+    trained.save_experts(tmp_path / "pack", names=packs)
+    index = json.loads((tmp_path / "pack" / "index.json").read_text())  # the documented pack format
+    backbone = trained.config.backbone_config
+    assert {k: v for k, v in index.items() if k != "experts"} == {
+        "format": "molex-expert-pack",
+        "version": 1,
+        "backbone": {"model_type": "wav2vec2", "hidden_size": backbone.hidden_size,
+                     "num_hidden_layers": backbone.num_hidden_layers,
+                     "name_or_path": trained.config.adapter.base_model_name_or_path},
+    }  # fmt: skip
+    modules = sorted(trained.expert_layers())
+    assert index["experts"] == [
+        {"name": f"expert_{i}", "pack": pack, "router_column": i - 3, "r": 4, "lora_alpha": 16.0, "modules": modules}
+        for i, pack in zip(range(3, 7), ["domain_b", "domain_b", "domain_c", "domain_d"], strict=True)
+    ]
+    host = build("block")
+    assert host.load_experts(tmp_path / "pack", trainable=False) == packs
+    adapter = host.config.adapter
+    assert list(adapter.expert_packs.values())[1:] == [2, 1, 1] and adapter.num_experts == 7
+    assert adapter.frozen_packs[-3:] == packs
+    for name, router in host.routers().items():
+        assert torch.equal(router.full_weight(), trained.routers()[name].full_weight()), name
+    for path, layer in host.expert_layers().items():
+        assert torch.equal(layer.stacked_lora_a(), trained.expert_layers()[path].stacked_lora_a()), path
+        assert torch.equal(layer.stacked_lora_b(), trained.expert_layers()[path].stacked_lora_b()), path

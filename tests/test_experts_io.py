@@ -261,15 +261,26 @@ def test_an_expert_name_outside_the_pack_is_refused_naming_the_entry(tmp_path, e
     _edit_index(tmp_path / "pack", point_outside)
     target = build()
     before = _state(target)
-    with pytest.raises(ValueError, match=r"index\.json.*entry 0.*plain folder name"):
+    with pytest.raises(ValueError) as error:
         target.load_experts(tmp_path / "pack")
+    assert str(error.value) == (
+        f"{tmp_path / 'pack' / 'index.json'}: entry 0 names expert {name!r}; an expert name must be a plain folder "
+        "name inside the pack (no path separators, '..' or absolute paths)"
+    )
     assert target.state_dict().keys() == before.keys()
     assert all(torch.equal(target.state_dict()[key], value) for key, value in before.items())
 
 
 @pytest.mark.parametrize(
     "defect",
-    ["index_lists_fewer_experts", "expert_tensor_missing", "expert_tensor_wrong_shape", "router_rows_missing"],
+    [
+        "index_lists_fewer_experts",
+        "expert_file_missing",
+        "expert_tensor_missing",
+        "expert_tensor_wrong_shape",
+        "router_rows_missing",
+        "router_rows_wrong_shape",
+    ],
 )
 def test_a_refused_load_leaves_the_model_unchanged_and_a_valid_load_still_works(tmp_path, defect):
     source = build(seed=3)
@@ -281,6 +292,8 @@ def test_a_refused_load_leaves_the_model_unchanged_and_a_valid_load_still_works(
     bad = tmp_path / "bad"
     if defect == "index_lists_fewer_experts":
         _edit_index(bad, lambda index: index["experts"].pop())
+    elif defect == "expert_file_missing":
+        (bad / "expert_6" / "adapter_model.safetensors").unlink()
     elif defect in ("expert_tensor_missing", "expert_tensor_wrong_shape"):
         weights_path = bad / "expert_6" / "adapter_model.safetensors"
         tensors = load_file(weights_path)
@@ -292,14 +305,71 @@ def test_a_refused_load_leaves_the_model_unchanged_and_a_valid_load_still_works(
         save_file(tensors, weights_path)
     else:
         rows = load_file(bad / "router.safetensors")
-        del rows["layer_1"]
+        if defect == "router_rows_missing":
+            del rows["layer_1"]
+        else:
+            rows["layer_1"] = rows["layer_1"][:2]
         save_file(rows, bad / "router.safetensors")
     target = build()
     before, adapter_before = _state(target), target.config.adapter.to_dict()
-    with pytest.raises((ValueError, KeyError)):
+    with pytest.raises((ValueError, KeyError, FileNotFoundError)) as error:
         target.load_experts(bad)
+    key = "base_model.model.encoder.layers.1.feed_forward.output_dense.lora_A.weight"
+    weights_path = bad / "expert_6" / "adapter_model.safetensors"
+    assert (
+        error.value.args[0]
+        == {  # each error names the file and what is wrong in it
+            "index_lists_fewer_experts": f"{bad / 'index.json'}: `experts` lists 2 experts, the pack config declares 3",
+            "expert_tensor_missing": f"{weights_path}: missing tensor {key!r}",
+            "expert_tensor_wrong_shape": f"{weights_path}: tensor {key!r} has shape (2, 64), expected (4, 64)",
+            "router_rows_missing": f"{bad / 'router.safetensors'}: no rows for routers ['layer_1']",
+            "expert_file_missing": f"Expert pack {bad}: expert 'expert_6' has no adapter_model.safetensors",
+            "router_rows_wrong_shape": f"{bad / 'router.safetensors'}: router 'layer_1' rows have shape (2, 32), "
+            "expected (3, 32)",
+        }[defect]
+    )
     assert target.config.adapter.to_dict() == adapter_before
     assert target.state_dict().keys() == before.keys()
     assert all(torch.equal(target.state_dict()[key], value) for key, value in before.items())
     assert target.load_experts(tmp_path / "good") == ["extra"]
     assert target.config.adapter.expert_packs == {"base": 4, "extra": 3}
+
+
+@pytest.mark.parametrize(("field", "value"), [("model_type", "hubert"), ("hidden_size", 48), ("num_hidden_layers", 5)])
+def test_a_pack_for_another_backbone_is_refused_naming_the_backbone_field(tmp_path, field, value):
+    model = build()
+    model.save_experts(tmp_path / "pack")
+    _edit_index(tmp_path / "pack", lambda index: index["backbone"].update({field: value}))
+    ours = getattr(model.config.backbone_config, field)
+    with pytest.raises(ValueError) as error:
+        build().load_experts(tmp_path / "pack")
+    assert (
+        str(error.value)
+        == f"Expert pack {tmp_path / 'pack'}: `backbone.{field}` is {value!r} but this model has {ours!r}"
+    )
+
+
+def test_a_failed_pack_save_leaves_no_staging_folder_and_the_old_pack_intact(tmp_path, monkeypatch):
+    model = build()
+    model.save_experts(tmp_path / "pack")
+    before = {p.relative_to(tmp_path): p.stat().st_mtime_ns for p in tmp_path.rglob("*")}
+
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr("modeling_molex.experts_io.save_file", broken)
+    with pytest.raises(OSError, match="disk full"):
+        model.save_experts(tmp_path / "pack")
+    assert {p.relative_to(tmp_path): p.stat().st_mtime_ns for p in tmp_path.rglob("*")} == before
+
+
+def test_experts_can_be_saved_by_name_and_mixed_with_packs(tmp_path):
+    model = build()
+    model.add_experts(2, pack_name="extra")
+    assert model.save_experts(tmp_path / "pack", names=["expert_5", "expert_1"]) == ["expert_1", "expert_5"]
+    index = json.loads((tmp_path / "pack" / "index.json").read_text())
+    assert [(e["name"], e["pack"], e["router_column"]) for e in index["experts"]] == [
+        ("expert_1", "base", 0),
+        ("expert_5", "extra", 1),
+    ]
+    assert model.save_experts(tmp_path / "mixed", names=["extra", "expert_0"]) == ["expert_0", "expert_4", "expert_5"]

@@ -92,8 +92,9 @@ def test_disable_adapter_runs_the_frozen_backbone_alone_in_this_thread_only():
     assert torch.equal(other_thread["out"], with_experts.logits)
 
 
-def test_set_active_packs_routes_only_to_their_experts():
-    model = build(top_k=1)
+@pytest.mark.parametrize("scope", ["block", "module"])  # module scope: each expert layer's own router gets the mask
+def test_set_active_packs_routes_only_to_their_experts(scope):
+    model = build(top_k=1, router_scope=scope)
     model.add_experts(2, pack_name="domain_b")
     randomize_experts(model, seed=4)
     audio = random_audio(3, 2000)

@@ -107,3 +107,12 @@ def test_an_expert_layer_called_outside_the_model_says_how_to_call_it():
         RuntimeError, match=r"outside a routing scope\. Call the model \(MoLExForAudioClassification\)"
     ):
         layer(torch.randn(1, 3, layer.in_features))
+
+
+def test_an_expert_layer_refuses_input_that_is_not_batch_frames_features_naming_its_shape():
+    layer = build().expert_layers()["encoder.layers.0.attention.q_proj"]
+    with pytest.raises(ValueError) as error:
+        layer.mixture_delta(torch.randn(3, layer.in_features), routing=None)
+    assert str(error.value) == (
+        f"MoLExLinear expects (batch, frames, features) input, got shape (3, {layer.in_features})"
+    )

@@ -56,18 +56,23 @@ def test_act_dcf_when_every_bona_fide_is_missed_is_one_whatever_the_normaliser()
     assert default_cost == pytest.approx(0.95 / 0.5)  # official costs: normaliser Cfa Pspoof = 0.5
 
 
-def test_custom_costs_reach_every_metric_and_every_breakdown_row():
+# COSTS changes the prior only; the other two sets each change one cost away from its default (a dropped argument
+# falls back to the default and changes actDCF).
+@pytest.mark.parametrize(
+    "costs", [COSTS, {"p_spoof": 0.05, "c_miss": 3.0, "c_fa": 10.0}, {"p_spoof": 0.05, "c_miss": 1.0, "c_fa": 2.0}]
+)
+def test_custom_costs_reach_every_metric_and_every_breakdown_row(costs):
     scores = np.array(BONAFIDE + SPOOF)
     labels = np.array([1] * len(BONAFIDE) + [0] * len(SPOOF))
-    direct = metrics.compute_metrics(scores, labels, **COSTS)
-    assert direct["act_dcf"] == pytest.approx(metrics.compute_act_dcf(BONAFIDE, SPOOF, **COSTS)[0])
+    direct = metrics.compute_metrics(scores, labels, **costs)
+    assert direct["act_dcf"] == pytest.approx(metrics.compute_act_dcf(BONAFIDE, SPOOF, **costs)[0])
     assert direct["act_dcf"] != pytest.approx(metrics.compute_metrics(scores, labels)["act_dcf"])
-    assert direct["min_dcf"] == pytest.approx(metrics.compute_min_dcf(BONAFIDE, SPOOF, **COSTS)[0])
+    assert direct["min_dcf"] == pytest.approx(metrics.compute_min_dcf(BONAFIDE, SPOOF, **costs)[0])
     attacks = ["-"] * len(BONAFIDE) + ["A01"] * len(SPOOF)
     codecs = ["C1"] * (len(BONAFIDE) + len(SPOOF))
     for rows in (
-        metrics.breakdown_by_attack(scores, labels, attacks, **COSTS),
-        metrics.breakdown_by_codec(scores, labels, codecs, **COSTS),
+        metrics.breakdown_by_attack(scores, labels, attacks, **costs),
+        metrics.breakdown_by_codec(scores, labels, codecs, **costs),
     ):
         for row in rows:
             assert {k: row[k] for k in metrics.METRIC_NAMES} == pytest.approx(direct)
@@ -115,6 +120,10 @@ def test_table_and_grid_markdown_exactly():
     assert metrics.format_grid(rows, "act_dcf").splitlines()[0].startswith("| actDCF |")
     by_codec = metrics.breakdown(scores, labels, codecs=codecs)
     assert metrics.format_table(by_codec).splitlines()[0].startswith("| codec | n_bonafide |")
+    one_row = metrics.breakdown(scores, labels, attacks=attacks, codecs=codecs)[:1]  # a table of one row is fine
+    assert metrics.format_table(one_row).splitlines()[2] == table[2]
+    assert metrics.format_grid(one_row).splitlines()[2] == f"| pooled | {100 * eer[('pooled', 'pooled')]:.3f} |"
+    assert metrics.format_table(by_codec[:1]).splitlines()[0].startswith("| codec | n_bonafide |")
     with pytest.raises(ValueError, match=r"^format_table got no rows$"):
         metrics.format_table([])
     with pytest.raises(ValueError, match=r"^format_grid needs rows from breakdown\(\) with both attacks and codecs$"):
