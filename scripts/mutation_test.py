@@ -35,6 +35,7 @@ TESTS_BY_FILE = {
     "modeling_molex/router.py": [
         "tests/test_router.py",
         "tests/test_router_edges.py",
+        "tests/test_router_expert_dropout.py",
         "tests/test_aux_losses.py",
         "tests/test_mixture_math.py",
         "tests/test_hf_surfaces.py::test_set_active_packs_routes_only_to_their_experts",
