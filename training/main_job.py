@@ -11,7 +11,7 @@ ones) once with the best model, compares with the MFCC baseline, draws the exper
 
 `--pretrain` first re-runs the encoder's recipe (`python -m training.pretrain_ssl --config configs/ssl_tiny.yaml`)
 on this job's corpus into `OUTPUT_DIR/ssl_pretraining/encoder` and trains MoLEx on that encoder instead; it takes
-about an hour of CPU (`--pretrain_minutes` caps it), which is why the shipped encoder exists.
+20-40 min of CPU (`--pretrain_minutes` caps it), which is why the shipped encoder exists.
 """
 
 import argparse
