@@ -28,7 +28,7 @@ from training.analysis.analyze_experts import router_balance
 from training.baselines.mfcc import fit_and_score
 from training.metrics.asvspoof_metrics import compute_metrics
 from training.metrics.scoring import score_dataset
-from training.trainer.config import load_yaml_config, parse_train_config
+from training.trainer.config import TrainConfig, load_yaml_config, parse_train_config
 from training.trainer.run_setup import build_model, load_corpus
 
 
@@ -76,21 +76,19 @@ def _argv(overrides: dict) -> list[str]:
     return argv
 
 
-def trainable_parameters(argv: list[str]) -> int:
+def trainable_parameters(config: TrainConfig) -> int:
     """Built the way training builds it (same config), then counted: what the row really trains."""
-    config = parse_train_config(argv)
     model = build_model(config, Accelerator(cpu=True))
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def router_entropies(argv: list[str], model_dir: Path) -> dict:
+def router_entropies(config: TrainConfig, model_dir: Path) -> dict:
     """Mean and smallest per-block load entropy of the trained model's routers on the run's eval subset (empty for
     rows without a choice of experts)."""
-    config = parse_train_config(argv)
+    if config.trainable != "experts" or config.num_experts <= config.top_k:
+        return {}
     model = MoLExForAudioClassification.from_pretrained(model_dir).eval()
     adapter = model.config.adapter
-    if config.trainable != "experts" or adapter.num_experts <= adapter.top_k:
-        return {}
     dataset = load_corpus(config)[config.eval_split or config.dev_split]
     scored = score_dataset(model, dataset, config.eval_batch_size, with_usage=True)
     entropies = [
@@ -109,7 +107,8 @@ def run_neural(row: str, seed: int, base_argv: list[str], output_dir: Path) -> d
         str(output_dir / row / f"seed{seed}"),
     ]
     (output_dir / row / f"seed{seed}").mkdir(parents=True, exist_ok=True)  # a tiny-random backbone is built there
-    count = trainable_parameters(argv)
+    config = parse_train_config(argv)
+    count = trainable_parameters(config)
     started = time.time()
     results = train.main(argv)
     metrics = results["metrics"]
@@ -121,7 +120,7 @@ def run_neural(row: str, seed: int, base_argv: list[str], output_dir: Path) -> d
         "eval_unseen_eer": (metrics.get("eval_unseen_attacks") or {}).get("eer"),
         "trainable_parameters": count,
         "train_seconds": seconds,
-        **router_entropies(argv, output_dir / row / f"seed{seed}" / "model"),
+        **router_entropies(config, output_dir / row / f"seed{seed}" / "model"),
     }
 
 
