@@ -1,0 +1,145 @@
+"""Save ids: which files of a folder were written by one save, so that a folder mixing two saves is refused.
+
+Every `save_pretrained` (and `save_experts`) writes one id into each file it produces that can hold one:
+`molex_save_id` in config.json and in the `__metadata__` of every safetensors file (model weights, router rows, each
+expert's PEFT weights), `save_id` in the pack's index.json. Loading checks that all of them agree; a folder whose
+weights come from one save and config from another (an interrupted copy, a file dropped in by hand) is refused,
+naming each file and its id. Folders saved before save ids existed hold none and load as before.
+
+The id is a hash of what is saved (every tensor's name, dtype, shape and bytes, and the configuration), not a random
+draw: saving the same model twice gives the same bytes, so a re-push uploads nothing that did not change, and two
+saves whose files could be mixed without harm (equal content) carry the same id.
+"""
+
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Iterable
+
+import torch
+
+from .safe_files import FolderFiles, read_json_object, safetensors_metadata
+
+
+SAVE_ID_KEY = "molex_save_id"  # in config.json and in safetensors metadata
+PACK_SAVE_ID_KEY = "save_id"  # in a pack's index.json
+
+
+def content_save_id(tensors: dict[str, torch.Tensor], *documents: object) -> str:
+    """Hash of tensors (name, dtype, shape, bytes) and JSON-able documents: the id of a save of exactly these."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        tensor = tensors[name].detach().cpu().contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    for document in documents:
+        digest.update(json.dumps(document, sort_keys=True, default=str).encode())
+    return digest.hexdigest()[:32]
+
+
+def add_safetensors_metadata(path: str, extra: dict[str, str]) -> None:
+    """Add `extra` to the header metadata of a safetensors file. The header is rewritten (padded to 8 bytes, as the
+    format requires) and the tensor bytes copied unchanged after it: data offsets are relative to the header's end."""
+    with open(path, "rb") as source:
+        header_size = int.from_bytes(source.read(8), "little")
+        header = json.loads(source.read(header_size))
+        header["__metadata__"] = {**header.get("__metadata__", {}), **extra}
+        encoded = json.dumps(header, separators=(",", ":")).encode("utf-8")
+        encoded += b" " * (-len(encoded) % 8)
+        rewritten = path + ".metadata"
+        with open(rewritten, "wb") as target:
+            target.write(len(encoded).to_bytes(8, "little"))
+            target.write(encoded)
+            shutil.copyfileobj(source, target, 16 * 1024 * 1024)
+    os.replace(rewritten, path)
+
+
+def stamp_json(path: str, key: str, value: str, nested: str | None = None) -> None:
+    """Set `key` (inside the `nested` object when given) of a JSON file, keeping its indentation style."""
+    with open(path, encoding="utf-8") as handle:
+        data = json.load(handle)
+    (data.setdefault(nested, {}) if nested else data)[key] = value
+    with open(path, "w", encoding="utf-8") as handle:
+        json.dump(data, handle, indent=2, sort_keys=True)
+        handle.write("\n")
+
+
+def stamp_model_weights(folder: str, save_id: str) -> None:
+    """Write `save_id` into config.json, every top-level safetensors file and the shard index of a fresh save."""
+    stamp_json(os.path.join(folder, "config.json"), SAVE_ID_KEY, save_id)
+    for name in sorted(os.listdir(folder)):
+        if name.endswith(".safetensors"):
+            add_safetensors_metadata(os.path.join(folder, name), {SAVE_ID_KEY: save_id})
+        elif name.endswith(".safetensors.index.json"):
+            stamp_json(os.path.join(folder, name), SAVE_ID_KEY, save_id, nested="metadata")
+
+
+def check_same_save(ids: dict[str, str | None], folder: str) -> None:
+    """Refuse when the files' save ids differ (a file without an id counts as its own kind of save)."""
+    if len(set(ids.values())) <= 1:
+        return
+    listed = "; ".join(f"{name}: {value or 'no save id'}" for name, value in ids.items())
+    raise ValueError(
+        f"{folder}: its files come from different saves ({listed}). A save into it was interrupted or files were "
+        "copied in from another save; save the model again (or restore the folder) before loading it"
+    )
+
+
+def pack_save_ids(files: FolderFiles, index: dict, expert_names: Iterable[str]) -> dict[str, str | None]:
+    """file -> save id for the files of a pack whose index is already read."""
+    ids = {"index.json": index.get(PACK_SAVE_ID_KEY)}
+    ids["router.safetensors"] = safetensors_metadata(files.file("router.safetensors")).get(SAVE_ID_KEY)
+    for name in expert_names:
+        relative = f"{name}/adapter_model.safetensors"
+        ids[relative] = safetensors_metadata(files.file(relative)).get(SAVE_ID_KEY)
+    return ids
+
+
+def check_model_folder(folder: str | os.PathLike | None, config=None) -> None:
+    """After `from_pretrained` of a local folder: refuse one whose config, weights and experts come from different
+    saves. Hub ids pass through (a Hub commit is whole). The id is then dropped from the loaded `config`: it names
+    the folder's files, not the model, which may change before its next save."""
+    if config is not None and hasattr(config, SAVE_ID_KEY):
+        delattr(config, SAVE_ID_KEY)
+    if not folder or not os.path.isdir(os.fspath(folder)):
+        return
+    folder = os.fspath(folder)
+    files = FolderFiles(folder)
+    if not os.path.lexists(os.path.join(folder, "config.json")):
+        return  # not a saved model: transformers says so
+    ids = {"config.json": read_json_object(files.file("config.json")).get(SAVE_ID_KEY)}
+    for name in sorted(os.listdir(folder)):
+        if name.endswith(".safetensors"):
+            ids[name] = safetensors_metadata(files.file(name)).get(SAVE_ID_KEY)
+        elif name.endswith(".safetensors.index.json"):
+            ids[name] = (read_json_object(files.file(name)).get("metadata") or {}).get(SAVE_ID_KEY)
+    if os.path.lexists(os.path.join(folder, "experts", "index.json")):
+        index = read_json_object(files.file("experts/index.json"))
+        names = [entry.get("name") for entry in index.get("experts", []) if isinstance(entry, dict)]
+        pack = pack_save_ids(FolderFiles(os.path.join(folder, "experts")), index, [n for n in names if n])
+        ids.update({f"experts/{name}": value for name, value in pack.items()})
+    check_same_save(ids, folder)
+
+
+def previous_version_prefix(target: str) -> str:
+    """Name prefix of the folder that holds the previous version of `target` while a save replaces it."""
+    return f".{os.path.basename(os.path.normpath(target))}.molex-previous-"
+
+
+def explain_missing_folder(folder: str | os.PathLike | None) -> None:
+    """Where a local folder is missing because a save into it was interrupted between moving the previous version
+    aside and moving the new one in (only where folders cannot be exchanged atomically), say where that version is."""
+    if not folder or not isinstance(folder, str | os.PathLike) or os.path.lexists(os.fspath(folder)):
+        return
+    folder = os.fspath(folder)
+    parent = os.path.dirname(os.path.abspath(folder)) or "."
+    prefix = previous_version_prefix(folder)
+    if not os.path.isdir(parent):
+        return
+    previous = sorted(name for name in os.listdir(parent) if name.startswith(prefix))
+    if previous:
+        raise FileNotFoundError(
+            f"{folder} is missing: a save into it was interrupted after moving the previous version aside; that "
+            f"version is complete in {os.path.join(parent, previous[-1])}: rename it back to {folder}"
+        )
