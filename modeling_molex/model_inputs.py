@@ -8,10 +8,14 @@ clips of the batch, or NaN) instead of failing. Every such input gets an error t
 import torch
 from transformers import PretrainedConfig
 
+from .whisper_encoder import MINIMUM_INPUT_SAMPLES as WHISPER_MINIMUM_INPUT_SAMPLES
+
 
 def minimum_input_samples(backbone_config: PretrainedConfig) -> int:
     """Fewest samples that give one output frame of the backbone's convolutional feature encoder (400 = 25 ms at
-    16 kHz for wav2vec2 / XLS-R / WavLM / HuBERT)."""
+    16 kHz for wav2vec2 / XLS-R / WavLM / HuBERT); 201 for Whisper's centred STFT (see whisper_encoder.py)."""
+    if backbone_config.model_type == "whisper":
+        return WHISPER_MINIMUM_INPUT_SAMPLES
     needed = 1
     for kernel, stride in reversed(list(zip(backbone_config.conv_kernel, backbone_config.conv_stride, strict=True))):
         needed = (needed - 1) * stride + kernel

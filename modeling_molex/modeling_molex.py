@@ -12,10 +12,11 @@ import tempfile
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import AutoConfig, AutoModel, PreTrainedModel, Wav2Vec2FeatureExtractor
+from transformers import AutoConfig, PreTrainedModel
 from transformers import initialization as init
 
 from .adapter_config import MoLExAdapterConfig
+from .backbones import backbone_normalizes_audio, build_backbone, disable_layerdrop, load_pretrained_backbone
 from .configuration_molex import MoLExConfig
 from .expert_management import MoLExExpertsMixin
 from .experts_io import save_expert_pack
@@ -96,7 +97,7 @@ class MoLExForAudioClassification(WaveformScoringMixin, MoLExExpertsMixin, MoLEx
                 tensor._is_hf_initialized = True  # loaded weights: `post_init` must not re-initialise them
             self.backbone = _pretrained_backbone
         else:
-            self.backbone = AutoModel.from_config(config.backbone_config)
+            self.backbone = build_backbone(config.backbone_config)
         inject_experts(self.backbone, config.adapter)
         hidden_size = config.backbone_config.hidden_size
         num_states = config.backbone_config.num_hidden_layers + 1
@@ -129,7 +130,7 @@ class MoLExForAudioClassification(WaveformScoringMixin, MoLExExpertsMixin, MoLEx
         without augmentation) and layerdrop is 0. `config_kwargs` go to `MoLExConfig`.
         """
         backbone_config = AutoConfig.from_pretrained(backbone_name_or_path)
-        backbone_config.layerdrop = 0.0
+        disable_layerdrop(backbone_config)
         if hasattr(backbone_config, "apply_spec_augment"):
             backbone_config.apply_spec_augment = False  # keeps the checkpoint's masked_spec_embed loadable
         else:
@@ -138,12 +139,12 @@ class MoLExForAudioClassification(WaveformScoringMixin, MoLExExpertsMixin, MoLEx
             if not hasattr(backbone_config, key):
                 raise ValueError(f"`backbone_kwargs` key {key!r} is not a field of {type(backbone_config).__name__}")
             setattr(backbone_config, key, value)
-        backbone = AutoModel.from_pretrained(backbone_name_or_path, config=backbone_config)
+        backbone = load_pretrained_backbone(backbone_name_or_path, backbone_config)
         adapter = MoLExAdapterConfig.from_dict(
             adapter if isinstance(adapter, dict) else (adapter or MoLExAdapterConfig()).to_dict()
         )
         adapter.base_model_name_or_path = str(backbone_name_or_path)  # on a copy: the caller's object is untouched
-        config_kwargs.setdefault("normalize_audio", _backbone_normalizes_audio(backbone_name_or_path))
+        config_kwargs.setdefault("normalize_audio", backbone_normalizes_audio(backbone_name_or_path, backbone_config))
         config = MoLExConfig(
             backbone_config=backbone.config,
             adapter=adapter,
@@ -334,10 +335,3 @@ def _align_cpu_tensors(model: nn.Module) -> None:
 def _is_molex_parameter(key: str) -> bool:
     return ".lora_A." in key or ".lora_B." in key or "router" in key
 
-
-def _backbone_normalizes_audio(backbone_name_or_path: str) -> bool:
-    """Follow the backbone's own feature extractor (e.g. WavLM-Large does not normalise); default True."""
-    try:
-        return bool(Wav2Vec2FeatureExtractor.from_pretrained(backbone_name_or_path).do_normalize)
-    except (OSError, ValueError):
-        return True
