@@ -50,7 +50,9 @@ def load_pretrained_backbone(name_or_path: str, backbone_config: PretrainedConfi
     refused, since a silently random-initialised encoder weight would give wrong scores with no error."""
     if not is_whisper(backbone_config):
         return AutoModel.from_pretrained(name_or_path, config=backbone_config)
-    backbone, info = WhisperWaveformEncoder.from_pretrained(name_or_path, config=backbone_config, output_loading_info=True)
+    backbone, info = WhisperWaveformEncoder.from_pretrained(
+        name_or_path, config=backbone_config, output_loading_info=True
+    )
     missing = sorted(info.get("missing_keys", []))
     if missing:
         raise ValueError(
@@ -70,4 +72,3 @@ def backbone_normalizes_audio(name_or_path: str, backbone_config: PretrainedConf
         return bool(Wav2Vec2FeatureExtractor.from_pretrained(name_or_path).do_normalize)
     except (OSError, ValueError):
         return True
-

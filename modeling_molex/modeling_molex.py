@@ -125,6 +125,7 @@ class MoLExForAudioClassification(WaveformScoringMixin, MoLExExpertsMixin, MoLEx
         **config_kwargs,
     ) -> "MoLExForAudioClassification":
         """Build MoLEx around pretrained SSL weights (Hub id or local folder), frozen, with zero-delta experts.
+        Whisper folders / ids (`openai/whisper-base`) load only the encoder (see whisper_encoder.py).
 
         `backbone_kwargs` override the backbone config; by default SpecAugment masking is off (the paper trains
         without augmentation) and layerdrop is 0. `config_kwargs` go to `MoLExConfig`.
@@ -334,4 +335,3 @@ def _align_cpu_tensors(model: nn.Module) -> None:
 
 def _is_molex_parameter(key: str) -> bool:
     return ".lora_A." in key or ".lora_B." in key or "router" in key
-

@@ -179,8 +179,9 @@ def test_detection_score_convention_and_calibration():
     assert model.config.id2label == {0: "spoof", 1: "bonafide"}
 
 
-def test_gradient_checkpointing_gives_the_same_gradients():
-    model = build("wav2vec2", top_k=4).train()
+@pytest.mark.parametrize("family", ["wav2vec2", "whisper"])  # Whisper: its blocks are called by our wrapper
+def test_gradient_checkpointing_gives_the_same_gradients(family):
+    model = build(family, top_k=4).train()
     randomize_experts(model)
     audio, labels = random_audio(), torch.tensor([0, 1])
     torch.manual_seed(0)  # same dropout masks in both runs

@@ -46,9 +46,10 @@ class TrainConfig:
     rank: int = _help("LoRA rank of every expert.", 8)
     lora_alpha: float = _help("LoRA alpha (expert delta scaled by alpha / rank).", 16.0)
     lora_dropout: float = _help("Dropout on expert inputs.", 0.0)
-    target_modules: list[str] = _help(
-        "Linears inside each transformer block that carry experts.",
-        lambda: ["q_proj", "k_proj", "v_proj", "out_proj", "intermediate_dense", "output_dense"],
+    target_modules: list[str] | None = _help(
+        "Linears inside each transformer block that carry experts; unset: the backbone family's six projections "
+        "(q/k/v/out_proj + intermediate_dense/output_dense, or fc1/fc2 for Whisper).",
+        None,
     )
     layers_to_transform: list[int] | None = _help("Blocks that carry experts (all when unset).", None)
     router_granularity: Literal["utterance", "token"] = _help(

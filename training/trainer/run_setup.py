@@ -13,6 +13,7 @@ from transformers import AutoConfig, get_scheduler
 
 from modeling_molex import MoLExAdapterConfig, MoLExForAudioClassification, TopKRouter
 from modeling_molex.layers import MoLExLinear
+from modeling_molex.model_inputs import minimum_input_samples
 from training.data.audio import ClipPolicy
 from training.data.loaders import AudioCollator, load_asvspoof5, load_asvspoof2019_la, load_csv_dataset
 from training.encoders.tiny_random import build_tiny_backbone
@@ -136,12 +137,9 @@ def _build_tiny_backbone_once(folder: str, seed: int) -> None:
 
 
 def min_input_samples(backbone_config) -> int:
-    """Samples in one output frame of a wav2vec2-style convolutional feature encoder (its receptive field): 400
-    for wav2vec2 / XLS-R / WavLM. Shorter input yields no frame at all."""
-    field = 1
-    for kernel, stride in reversed(list(zip(backbone_config.conv_kernel, backbone_config.conv_stride, strict=True))):
-        field = (field - 1) * stride + kernel
-    return field
+    """Samples in one output frame of the backbone (400 for wav2vec2 / XLS-R / WavLM, 201 for Whisper): shorter
+    input yields no frame at all. The model's own rule (modeling_molex/model_inputs.py)."""
+    return minimum_input_samples(backbone_config)
 
 
 def apply_baseline_scope(model: MoLExForAudioClassification, scope: str) -> None:
