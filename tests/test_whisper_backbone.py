@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import randomize_experts, tiny_backbone_config
+from fake_hub import hub  # noqa: F401  (the fake Hub fixture)
 from safetensors.torch import load_file, save_file
 from transformers import WhisperConfig, WhisperFeatureExtractor, WhisperForConditionalGeneration
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
@@ -136,6 +137,24 @@ def test_from_backbone_reads_whisper_model_and_conditional_generation_folders_al
     )
     with pytest.raises(ValueError, match=r"generation: not a Whisper checkpoint with an encoder; \d+ encoder weight"):
         MoLExForAudioClassification.from_backbone(str(tmp_path / "generation"))
+
+
+def test_from_backbone_takes_a_hub_id(hub, tiny_backbone_dirs):  # noqa: F811
+    """`from_backbone("openai/whisper-base")` for users with internet: here the fake Hub serves the tiny folder
+    under that id; the same weights arrive as from the local folder, and no decoder-only file is needed."""
+    folder = tiny_backbone_dirs["whisper"]
+    files = {name: open(os.path.join(folder, name), "rb").read() for name in os.listdir(folder)}
+    hub.add_repo("openai/whisper-base", files)
+    from_hub = MoLExForAudioClassification.from_backbone("openai/whisper-base", adapter=ADAPTER)
+    local = MoLExForAudioClassification.from_backbone(folder, adapter=ADAPTER)
+    assert from_hub.config.backbone_name_or_path == "openai/whisper-base" and not from_hub.config.normalize_audio
+    local_state = local.backbone.state_dict()
+    for name, a in from_hub.backbone.state_dict().items():
+        b = local_state[name]
+        if ".lora_" not in name and "molex_router" not in name:
+            assert torch.equal(a, b), name
+    resolved = {path.rsplit("/", 1)[-1] for method, path in hub.requests if "/resolve/" in path}
+    assert {"config.json", "model.safetensors"} <= resolved
 
 
 @pytest.mark.parametrize(
