@@ -130,11 +130,14 @@ def _string(text: str) -> bytes:
 
 
 def encode_ctranslate2(
-    variables: dict[str, np.ndarray], aliases: dict[str, str] | None = None, version: int = 6
+    variables: dict[str, np.ndarray],
+    aliases: dict[str, str] | None = None,
+    version: int = 6,
+    spec: str = "WhisperSpec",
 ) -> tuple[bytes, dict[tuple[str, str], int]]:
     """Serialize like `ModelSpec._serialize`; also returns the offset of each (variable, field) for corrupting."""
     out, offsets = bytearray(), {}
-    out += struct.pack("<I", version) + _string("WhisperSpec") + struct.pack("<I", 3)
+    out += struct.pack("<I", version) + _string(spec) + struct.pack("<I", 3)
     out += struct.pack("<I", len(variables))
     for name, value in variables.items():
         offsets[name, "name"] = len(out)

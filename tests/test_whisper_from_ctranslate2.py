@@ -126,3 +126,9 @@ def test_quantized_wrongly_shaped_and_unrepresentable_settings_are_refused(layou
 def test_optional_scalars_may_be_absent_as_in_the_packaged_files(layout):
     variables, aliases = _edited(layout, decoder__alibi_use_positive_positions=None, decoder__scale_alibi=None)
     assert set(_convert(variables, aliases)[0]) == set(_convert(*layout)[0])
+
+
+def test_another_ctranslate2_model_type_is_refused(layout):
+    data = encode_ctranslate2(*layout, spec="TransformerSpec")[0]
+    with pytest.raises(WhisperMappingError, match=r"^/pkg/model.bin: spec 'TransformerSpec' revision 3, expected"):
+        whisper_state_dict(parse_ctranslate2_model(data, SOURCE))
