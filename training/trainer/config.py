@@ -81,7 +81,7 @@ class TrainConfig:
     data_root: str | None = _help("Corpus root (or the CSV file for dataset=csv).", None)
     known_attacks: list[str] | None = _help(
         "Eval attack labels that reuse a training method, reported as 'known' besides eval attacks whose label also "
-        "occurs in train (mini corpus: A07 A08 A09); every other eval attack is reported as unseen.",
+        "occurs in train (mini corpus: A07 A08 A09 A14); every other eval attack is reported as unseen.",
         None,
     )
     dev_split: str = _help("Split used for model selection and calibration.", "dev")
