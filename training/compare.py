@@ -91,9 +91,12 @@ def router_entropies(config: TrainConfig, model_dir: Path) -> dict:
     adapter = model.config.adapter
     dataset = load_corpus(config)[config.eval_split or config.dev_split]
     scored = score_dataset(model, dataset, config.eval_batch_size, with_usage=True)
-    entropies = [
-        b["entropy_nats"] for b in router_balance(scored.expert_usage, model.router_names, adapter.top_k).values()
-    ]
+    return entropy_columns(router_balance(scored.expert_usage, model.router_names, adapter.top_k))
+
+
+def entropy_columns(balance: dict[str, dict]) -> dict:
+    """The table's two entropy columns from `router_balance`: the mean over blocks and the most collapsed block's."""
+    entropies = [block["entropy_nats"] for block in balance.values()]
     return {"router_entropy": statistics.fmean(entropies), "min_router_entropy": min(entropies)}
 
 
