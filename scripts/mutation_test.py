@@ -127,6 +127,7 @@ TESTS_BY_FILE = {
     # The data-scale tests (5,000-row corpus, seconds each) pin speed and memory, not decisions: left out.
     "training/data/protocols.py": [
         "tests/test_protocol_safety.py",
+        "tests/test_protocol_fields.py",
         "tests/test_data.py",
         "tests/test_split_leaks.py",
         "tests/test_scored_splits.py",
