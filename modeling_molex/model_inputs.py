@@ -81,6 +81,15 @@ def standardize_attention_mask(
     return mask
 
 
+def padded_lengths(attention_mask: torch.Tensor | None) -> torch.Tensor | None:
+    """(B,) real samples per clip when at least one clip of the batch is padded; None when none is (the backbone's
+    padding-aware modules then run their original, unmasked code)."""
+    if attention_mask is None:
+        return None
+    lengths = attention_mask.sum(dim=-1)
+    return None if bool((lengths == attention_mask.shape[-1]).all()) else lengths
+
+
 def check_clip_lengths(
     input_values: torch.Tensor, attention_mask: torch.Tensor | None, minimum_samples: int, sampling_rate: int
 ) -> None:

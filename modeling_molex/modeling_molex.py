@@ -28,10 +28,12 @@ from .layers import MoLExLinear
 from .model_inputs import (
     check_clip_lengths,
     minimum_input_samples,
+    padded_lengths,
     standardize_attention_mask,
     standardize_input_values,
 )
 from .outputs import MoLExAudioClassifierOutput, detection_scores, routing_summary
+from .padding_invariance import make_padding_invariant
 from .router import (
     RouterOutput,
     TopKRouter,
@@ -99,6 +101,7 @@ class MoLExForAudioClassification(WaveformScoringMixin, MoLExExpertsMixin, MoLEx
         else:
             self.backbone = build_backbone(config.backbone_config)
         inject_experts(self.backbone, config.adapter)
+        make_padding_invariant(self.backbone)  # a clip scores the same alone and padded in a batch
         hidden_size = config.backbone_config.hidden_size
         num_states = config.backbone_config.num_hidden_layers + 1
         self.layer_sum = WeightedLayerSum(num_states) if config.use_weighted_layer_sum else None
@@ -223,7 +226,8 @@ class MoLExForAudioClassification(WaveformScoringMixin, MoLExExpertsMixin, MoLEx
             input_values, attention_mask, minimum_input_samples(self.config.backbone_config), self.config.sampling_rate
         )
         frame_mask = self._frame_mask(input_values, attention_mask)
-        with routing_scope(frame_mask, self.active_expert_mask()) as routing:
+        lengths = padded_lengths(attention_mask)
+        with routing_scope(frame_mask, self.active_expert_mask(), lengths) as routing:
             outputs = self.backbone(
                 input_values,
                 attention_mask=attention_mask,

@@ -91,16 +91,28 @@ def router_entropies(config: TrainConfig, model_dir: Path) -> dict:
     adapter = model.config.adapter
     dataset = load_corpus(config)[config.eval_split or config.dev_split]
     scored = score_dataset(model, dataset, config.eval_batch_size, with_usage=True)
-    entropies = [
-        b["entropy_nats"] for b in router_balance(scored.expert_usage, model.router_names, adapter.top_k).values()
-    ]
+    return entropy_columns(router_balance(scored.expert_usage, model.router_names, adapter.top_k))
+
+
+def entropy_columns(balance: dict[str, dict]) -> dict:
+    """The table's two entropy columns from `router_balance`: the mean over blocks and the most collapsed block's."""
+    entropies = [block["entropy_nats"] for block in balance.values()]
     return {"router_entropy": statistics.fmean(entropies), "min_router_entropy": min(entropies)}
 
 
-def run_neural(row: str, seed: int, base_argv: list[str], output_dir: Path) -> dict:
+def row_overrides(row: str, learning_rate: float, full_finetune_lr_scale: float) -> dict | None:
+    """The row's training overrides; full fine-tuning also scales the config's learning rate (a copy: `ROWS` stays
+    as declared, so a second `main` in one process starts from the same rows)."""
+    overrides = ROWS[row][1]
+    if row == "full_finetune":
+        overrides = {**overrides, "learning_rate": learning_rate * full_finetune_lr_scale}
+    return overrides
+
+
+def run_neural(row: str, seed: int, base_argv: list[str], output_dir: Path, overrides: dict) -> dict:
     argv = [
         *base_argv,
-        *_argv(ROWS[row][1]),
+        *_argv(overrides),
         "--seed",
         str(seed),
         "--output_dir",
@@ -246,22 +258,22 @@ def main(argv: list[str] | None = None) -> dict:
     base |= {"batch_size": args.batch_size, "max_eval_samples": args.max_eval_samples, "eval_every_steps": 0}
     base |= {"early_stopping_patience": 0, "log_with": "none", "save_total_limit": 1, "calibrate": False}
     base_argv = ["--config", args.config, *_argv(base), *args.train_args]
-    ROWS["full_finetune"][1]["learning_rate"] = config.get("learning_rate", 1e-4) * args.full_finetune_lr_scale
     results: dict = {"settings": {**base, "config": args.config, "seeds": args.seeds}, "rows": {}}
     known = list(config.get("known_attacks") or [])
     mfcc_scores = mfcc_lr_scores(corpus_dir, known) if "mfcc_lr" in args.rows else None
     for row in args.rows:
+        overrides = row_overrides(row, config.get("learning_rate", 1e-4), args.full_finetune_lr_scale)
         runs = []
         for seed in args.seeds:
             if row == "mfcc_lr":
                 run = run_mfcc(seed, base_argv, mfcc_scores)
             else:
-                run = run_neural(row, seed, base_argv, output_dir)
+                run = run_neural(row, seed, base_argv, output_dir, overrides)
             runs.append({"seed": seed, **run})
             print(f"[compare] {row} seed {seed}: {json.dumps(run)}", flush=True)
         results["rows"][row] = {
             "label": ROWS[row][0],
-            "overrides": ROWS[row][1],
+            "overrides": overrides,
             "runs": runs,
             "summary": summarise(runs),
         }
