@@ -106,6 +106,24 @@ def test_merge_refuses_a_shard_of_another_format_and_leaves_everything(tmp_path)
     assert shard_path(output, 0, 2).read_text() == OFFICIAL_HEADER + "\nE_1\t0.5\n" and not output.exists()
 
 
+def test_the_main_process_stops_waiting_for_a_process_that_died_without_finishing(tmp_path):
+    from training.scoring import ScoringError
+    from training.scoring.processes import write_progress
+    from training.scoring.scoring_run import _wait_for
+    from training.scoring.shard_files import progress_path
+
+    output = tmp_path / "scores.tsv"
+    child = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    write_progress(progress_path(output, 1, 2), state="running", todo=5, processed=2)
+    progress = json.loads(progress_path(output, 1, 2).read_text())
+    progress["pid"] = int(child.stdout)  # the progress of a process that has exited (as after kill -9)
+    progress_path(output, 1, 2).write_text(json.dumps(progress))
+    with pytest.raises(ScoringError, match="ended before finishing"):
+        _wait_for(output, 1, 2, refresh=lambda: None)
+    write_progress(progress_path(output, 1, 2), state="done", todo=5, processed=5, scored=5, silent=0, unreadable=0)
+    assert _wait_for(output, 1, 2, refresh=lambda: None)["processed"] == 5
+
+
 @pytest.mark.parametrize("form", ["tsv", "official"])
 def test_one_process_resumes_the_shards_a_killed_two_process_run_left(model_dir, folder, one_process, tmp_path,
                                                                       capsys, form):  # fmt: skip
@@ -119,6 +137,7 @@ def test_one_process_resumes_the_shards_a_killed_two_process_run_left(model_dir,
     lines = ["\t".join(row) + "\n" for row in reference]
     shard_path(output, 0, 2).write_text(header + "\n" + "".join(lines[0:4:2]))
     shard_path(output, 1, 2).write_text(header + "\n" + lines[1] + lines[3][:5])
+    (tmp_path / ".scores.tsv.4242.tmp").write_text(header + "\n")  # a merge killed before its rename
     extra = ["--official"] if form == "official" else []
     capsys.readouterr()
     assert main([str(folder), "--model", str(model_dir), "--output", str(output), "--resume", *extra]) == 1

@@ -13,6 +13,7 @@ import contextlib
 import hashlib
 import json
 import os
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -109,7 +110,7 @@ class ScoringProcesses:
 def write_progress(path: Path, **fields) -> None:
     """Replace the progress file at `path` atomically (readers never see half of it)."""
     temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(json.dumps({"pid": os.getpid(), **fields}), encoding="utf-8")
+    temporary.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), **fields}), encoding="utf-8")
     os.replace(temporary, path)
 
 
@@ -119,3 +120,16 @@ def read_progress(path: Path) -> dict | None:
         return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         return None
+
+
+def process_alive(progress: dict) -> bool:
+    """Whether the process that wrote `progress` still runs; True when that cannot be known (another machine)."""
+    if progress.get("host") != socket.gethostname() or not isinstance(progress.get("pid"), int):
+        return True
+    try:
+        os.kill(progress["pid"], 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

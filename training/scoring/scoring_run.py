@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from transformers import AutoModelForAudioClassification
 
 from training.scoring import ScoringError
-from training.scoring.processes import ScoringProcesses, read_progress, write_progress
+from training.scoring.processes import ScoringProcesses, process_alive, read_progress, write_progress
 from training.scoring.score_loop import RowWriter, ShardCounts, TableWriteError, score_shard
 from training.scoring.shard_files import (
     OutputLock,
@@ -30,6 +30,7 @@ from training.scoring.shard_files import (
     progress_path,
     shard_path,
     split_files,
+    stale_temporaries,
     write_atomically,
 )
 from training.scoring.table_format import (
@@ -63,7 +64,7 @@ class RunOptions:
 class RunSummary:
     scored: int
     silent: int
-    errors: list[tuple[str, str]]  # (escaped path, reason), input order
+    errors: list[tuple[str, str]]  # (path, reason) as the errors file holds them (escaped), input order
     seconds: float
     processed: int
 
@@ -79,8 +80,9 @@ def prepare_output(output: Path, columns, resume: bool, world: int) -> OutputLoc
     except OSError as error:
         raise ScoringError(f"cannot write to {folder}: {error.strerror or error}") from None
     try:
-        for stale in [*existing_progress_files(output), *existing_error_shards(output), errors_path(output)]:
-            stale.unlink(missing_ok=True)
+        leftovers = [*existing_progress_files(output), *existing_error_shards(output), *stale_temporaries(output)]
+        for leftover in [*leftovers, errors_path(output)]:
+            leftover.unlink(missing_ok=True)
         shards = existing_shards(output)
         if resume:
             for table in ([output] if output.exists() else []) + shards:
@@ -191,7 +193,7 @@ def _score_and_merge(options, files, processes, model, todo, done, columns, key)
     if not processes.is_main:
         bar.close()
         return None
-    reports = [_wait_for(output, r, world, bar, report, counts) for r in range(1, world)]
+    reports = [_wait_for(output, r, world, lambda: report(counts, "done")) for r in range(1, world)]
     bar.close()
     try:
         return _merge(options, files, columns, key, counts, reports, error_rows, started)
@@ -199,16 +201,22 @@ def _score_and_merge(options, files, processes, model, todo, done, columns, key)
         raise TableWriteError(output, error) from None
 
 
-def _wait_for(output: Path, rank: int, world: int, bar, report, counts) -> dict:
-    """The final progress report of process `rank`, polling its progress file (the bar moves meanwhile)."""
+def _wait_for(output: Path, rank: int, world: int, refresh) -> dict:
+    """The final progress report of process `rank`, polling its progress file (`refresh()` moves the bar meanwhile).
+    A process on this machine that ended without saying done (killed outside a launcher that would stop us too)
+    stops the wait instead of hanging it."""
     while True:
         progress = read_progress(progress_path(output, rank, world)) or {}
+        if progress.get("state") == "done":
+            return progress
         if progress.get("state") == "failed":
             raise ScoringError(f"process {rank} of {world} stopped: {progress.get('message')}; the rows written so "
                                "far are kept: rerun with --resume")  # fmt: skip
-        if progress.get("state") == "done":
-            return progress
-        report(counts, "done")
+        if progress and not process_alive(progress):
+            if (read_progress(progress_path(output, rank, world)) or {}).get("state") != "done":
+                raise ScoringError(f"process {rank} of {world} (pid {progress.get('pid')}) ended before finishing "
+                                   "its shard; the rows written so far are kept: rerun with --resume")  # fmt: skip
+        refresh()
         time.sleep(POLL_SECONDS)
 
 
@@ -216,7 +224,7 @@ def _merge(options, files, columns, key, counts, reports, error_rows, started) -
     output = options.output
     if existing_shards(output):
         merge_tables(output, columns, [key(path) for path in files])
-    errors = [(path_key(path), reason) for path, reason in counts.errors]
+    errors = [(path_key(path), escape_field(reason)) for path, reason in counts.errors]
     shards = existing_error_shards(output)
     if shards:  # several processes: their unreadable files, in input order
         merge_tables(errors_path(output), ERROR_COLUMNS, [path_key(path) for path in files], shards)

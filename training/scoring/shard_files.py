@@ -59,6 +59,16 @@ def existing_progress_files(output: Path) -> list[Path]:
     return _companions(output, r"\.progress-(\d+)-of-(\d+)\.json")
 
 
+def stale_temporaries(output: Path) -> list[Path]:
+    """Temporary files (`.<name>.<pid>.tmp`, `.<name>.progress-R-of-N.json.tmp`) a killed process left beside it."""
+    try:
+        names = os.listdir(output.parent if str(output.parent) else ".")
+    except FileNotFoundError:
+        return []
+    pattern = re.compile(r"\." + re.escape(output.name) + r"\..+\.tmp")
+    return [output.with_name(name) for name in sorted(names) if pattern.fullmatch(name)]
+
+
 def split_files(files: Sequence[Path], rank: int, world: int) -> list[Path]:
     """Process `rank`'s share of `files`: every `world`-th file from the `rank`-th (long files that sit together in
     a folder spread over the processes). Every process computes the same input list, so the shares partition it."""
