@@ -55,6 +55,14 @@ def embed(encoder: MoLExForAudioClassification, paths: list[str]) -> dict[str, n
     return {"layer_mean": np.stack(layer_mean), "layer_concat": np.stack(layer_concat)}
 
 
+def fit_probe(features: dict[str, np.ndarray], train_labels: np.ndarray, l2: float) -> dict[str, np.ndarray]:
+    """Standardise on train, fit the class-balanced logistic regression, score every split (higher = bona fide)."""
+    train = features["train"]
+    mean, std = train.mean(0), train.std(0) + 1e-8
+    weights, bias = fit_logistic_regression((train - mean) / std, train_labels, l2)
+    return {split: (values - mean) / std @ weights + bias for split, values in features.items()}
+
+
 def probe(corpus: str, encoder: MoLExForAudioClassification, data=None) -> dict:
     """EER / minDCF on dev, eval, eval known and eval unseen for each pooling and L2 value (`data`: the corpus's
     train/dev/eval `DatasetDict`, e.g. seeded subsets; read from `corpus` when not given)."""
@@ -68,11 +76,8 @@ def probe(corpus: str, encoder: MoLExForAudioClassification, data=None) -> dict:
     )
     results = {}
     for pooling in ("layer_mean", "layer_concat"):
-        train = features["train"][pooling]
-        mean, std = train.mean(0), train.std(0) + 1e-8
         for l2 in L2_VALUES:
-            weights, bias = fit_logistic_regression((train - mean) / std, labels["train"], l2)
-            scores = {s: (features[s][pooling] - mean) / std @ weights + bias for s in ("dev", "eval")}
+            scores = fit_probe({split: features[split][pooling] for split in data}, labels["train"], l2)
             spoof = labels["eval"] == 0
             row = {
                 "dev": summarise(scores["dev"], labels["dev"], np.asarray(data["dev"]["attack"]), labels["dev"] == 0)
