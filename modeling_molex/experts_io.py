@@ -37,7 +37,7 @@ from .pack_reader import (
     read_router_rows,
 )
 from .safe_files import FolderFiles
-from .save_identity import PACK_SAVE_ID_KEY, SAVE_ID_KEY, content_save_id
+from .save_identity import PACK_SAVE_ID_KEY, SAVE_ID_KEY, add_safetensors_metadata, content_save_id
 
 
 PACK_FILES = (PACK_CONFIG_NAME, LEGACY_PACK_CONFIG_NAME, INDEX_NAME, ROUTER_WEIGHTS_NAME)
@@ -82,6 +82,13 @@ def _resolve_names(adapter: MoLExAdapterConfig, names: list[str] | None) -> list
                 f"Unknown expert or pack {name!r}; experts: {expert_names}, packs: {list(adapter.expert_packs)}"
             )
     return sorted(selected)
+
+
+def write_tensors(tensors: dict[str, torch.Tensor], path: str, save_id: str) -> None:
+    """A safetensors file stamped with `save_id`, the same bytes for the same tensors: the id is added in a second
+    step because safetensors writes its metadata map in an arbitrary order."""
+    save_file({name: tensor.cpu() for name, tensor in tensors.items()}, path, {"format": "pt"})
+    add_safetensors_metadata(path, {SAVE_ID_KEY: save_id})
 
 
 def _write_json(path: str, data: dict) -> None:
@@ -162,16 +169,15 @@ def save_expert_pack(
     experts, rows, pack_config, index_document = _pack_contents(model, indices)
     tensors = {f"{name}/{key}": value for name, group in experts.items() for key, value in group.items()}
     save_id = save_id or content_save_id({**tensors, **rows}, pack_config.to_dict(), index_document)
-    metadata = {"format": "pt", SAVE_ID_KEY: save_id}
     module_paths = list(model.expert_layers())
     staging = make_staging(directory, ".experts-")
     try:
         for name, group in experts.items():
             folder = os.path.join(staging, name)
             os.makedirs(folder)
-            save_file({k: v.cpu() for k, v in group.items()}, os.path.join(folder, PEFT_WEIGHTS_NAME), metadata)
+            write_tensors(group, os.path.join(folder, PEFT_WEIGHTS_NAME), save_id)
             _write_json(os.path.join(folder, PEFT_CONFIG_NAME), peft_lora_config(adapter, module_paths))
-        save_file({k: v.cpu() for k, v in rows.items()}, os.path.join(staging, ROUTER_WEIGHTS_NAME), metadata)
+        write_tensors(rows, os.path.join(staging, ROUTER_WEIGHTS_NAME), save_id)
         pack_config.save_pretrained(staging)
         _write_json(os.path.join(staging, INDEX_NAME), {**index_document, PACK_SAVE_ID_KEY: save_id})
         swap_into_place(staging, directory)

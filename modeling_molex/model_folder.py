@@ -56,11 +56,12 @@ def write_model_folder(model, save_directory: str | os.PathLike, save_weights: C
     target = resolve_target(save_directory)
     check_replaceable(target, is_model_folder, "MoLEx models")
     signatures = _signatures_to_save(model)
-    config = {key: value for key, value in model.config.to_dict().items() if key != "_name_or_path"}
-    save_id = content_save_id(model.state_dict(), config, signatures)
     staging = make_staging(target, ".molex-save-")
     try:
         save_weights(staging)
+        # After transformers' save, which adds `auto_map` to the config: the id of equal models is then equal.
+        config = {key: value for key, value in model.config.to_dict().items() if key != "_name_or_path"}
+        save_id = content_save_id(model.state_dict(), config, signatures)
         stamp_model_weights(staging, save_id)
         model.feature_extractor().save_pretrained(staging)
         save_expert_pack(model, os.path.join(staging, EXPERTS_FOLDER), None, save_id)
