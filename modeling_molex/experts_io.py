@@ -8,7 +8,7 @@
 A model saved with `save_pretrained` holds its experts as such a pack under `experts/`. A single expert folder loads
 onto the vanilla backbone with `PeftModel.from_pretrained(backbone, folder)` and reproduces that expert at gate 1.
 
-A pack is written whole into a hidden sibling folder and swapped in (atomic_folders.py), with one save id in its
+A pack is written whole into a hidden sibling folder and swapped in (atomic_saves.py), with one save id in its
 index and in every safetensors file; loading checks every file first (pack_reader.py).
 """
 
@@ -21,7 +21,16 @@ from safetensors.torch import save_file
 from torch import nn
 
 from .adapter_config import LEGACY_PACK_CONFIG_NAME, PACK_CONFIG_NAME, MoLExAdapterConfig
-from .atomic_folders import check_replaceable, make_staging, resolve_target, swap_into_place
+from .atomic_saves import (
+    PACK_SAVE_ID_KEY,
+    SAVE_ID_KEY,
+    add_safetensors_metadata,
+    check_replaceable,
+    content_save_id,
+    make_staging,
+    resolve_target,
+    swap_into_place,
+)
 from .pack_reader import (
     INDEX_NAME,
     PACK_FORMAT,
@@ -37,7 +46,6 @@ from .pack_reader import (
     read_router_rows,
 )
 from .safe_files import FolderFiles
-from .save_identity import PACK_SAVE_ID_KEY, SAVE_ID_KEY, add_safetensors_metadata, content_save_id
 
 
 PACK_FILES = (PACK_CONFIG_NAME, LEGACY_PACK_CONFIG_NAME, INDEX_NAME, ROUTER_WEIGHTS_NAME)

@@ -6,7 +6,7 @@ signatures.
     experts/                                                          the expert pack, same save id
     routing_signatures.json                                           the signatures the model scores novelty with
 
-The folder is built in a hidden sibling and swapped in whole (atomic_folders.py): a crash leaves the previous save
+The folder is built in a hidden sibling and swapped in whole (atomic_saves.py): a crash leaves the previous save
 or the new one. Files the user keeps beside a model (results.json, README.md, figures/ ...) are carried over; the
 files a save owns (weights of any earlier layout, configs, experts/, signatures) are not, so no stale file of an
 earlier save stays beside new weights.
@@ -22,11 +22,18 @@ import os
 import shutil
 from collections.abc import Callable
 
-from .atomic_folders import carry_over, check_replaceable, make_staging, resolve_target, swap_into_place
+from .atomic_saves import (
+    carry_over,
+    check_replaceable,
+    content_save_id,
+    make_staging,
+    resolve_target,
+    stamp_model_weights,
+    swap_into_place,
+)
 from .experts_io import save_expert_pack
 from .novelty import SIGNATURES_FILE, signatures_file_contents
 from .safe_files import FolderFiles, read_json_object
-from .save_identity import content_save_id, stamp_model_weights
 from .scoring import load_model_signatures
 
 

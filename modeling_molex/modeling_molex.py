@@ -15,6 +15,7 @@ from transformers import AutoConfig, PreTrainedModel
 from transformers import initialization as init
 
 from .adapter_config import MoLExAdapterConfig
+from .atomic_saves import check_model_folder, explain_missing_folder
 from .backbones import backbone_normalizes_audio, build_backbone, disable_layerdrop, load_pretrained_backbone
 from .configuration_molex import MoLExConfig
 from .expert_management import MoLExExpertsMixin
@@ -41,7 +42,6 @@ from .router import (
     router_z_loss,
 )
 from .routing_state import carry_routing_state, routing_scope
-from .save_identity import check_model_folder, explain_missing_folder
 from .scoring import WaveformScoringMixin
 
 

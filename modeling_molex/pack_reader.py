@@ -7,7 +7,7 @@ pack's files must agree with each other, and each disagreement is refused naming
 - index.json and molex_pack_config.json: the expert count, which pack each router column belongs to, `r`,
   `lora_alpha`, and the modules (each must be one the config's `target_modules` selects);
 - each expert's PEFT adapter_config.json and the pack config: `r`, `lora_alpha`, the modules;
-- all files of one save: the save id (see save_identity.py);
+- all files of one save: the save id (see atomic_saves.py);
 - no two experts may be the same file (a hard link; symbolic links are refused anyway).
 
 Tensors must have the model's shapes and be finite.
@@ -19,8 +19,8 @@ import torch
 from torch import nn
 
 from .adapter_config import LEGACY_PACK_CONFIG_NAME, MOLEX_PEFT_TYPE, PACK_CONFIG_NAME, MoLExAdapterConfig
+from .atomic_saves import check_same_save, pack_save_ids
 from .safe_files import FolderFiles, load_finite_tensors, read_json, read_json_object
-from .save_identity import check_same_save, pack_save_ids
 
 
 INDEX_NAME = "index.json"

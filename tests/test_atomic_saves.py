@@ -66,11 +66,11 @@ def test_two_saves_of_one_model_are_the_same_bytes_so_mixing_them_is_harmless(tm
 def test_a_folder_interrupted_between_the_two_renames_points_to_the_previous_version(tmp_path, monkeypatch):
     """Where folders cannot be exchanged in one step the previous version is renamed aside first: a crash right
     after that leaves no folder, and loading says where the complete previous version is."""
-    import modeling_molex.atomic_folders as atomic_folders
+    import modeling_molex.atomic_saves as atomic_saves
 
     build(0).save_pretrained(tmp_path / "model")
     expected = score(tmp_path / "model")
-    monkeypatch.setattr(atomic_folders, "exchange_directories", lambda first, second: False)
+    monkeypatch.setattr(atomic_saves, "exchange_directories", lambda first, second: False)
     rename = os.rename
 
     def rename_then_crash(source, destination):
@@ -78,7 +78,7 @@ def test_a_folder_interrupted_between_the_two_renames_points_to_the_previous_ver
             raise OSError("power cut")
         rename(source, destination)
 
-    monkeypatch.setattr(atomic_folders.os, "rename", rename_then_crash)
+    monkeypatch.setattr(atomic_saves.os, "rename", rename_then_crash)
     with pytest.raises(OSError, match="power cut"):
         build(1).save_pretrained(tmp_path / "model")
     monkeypatch.undo()
@@ -97,7 +97,7 @@ KILLER = textwrap.dedent(
     sys.path.insert(0, {tests!r})
     import torch
     from conftest import randomize_experts
-    import modeling_molex.atomic_folders as atomic_folders
+    import modeling_molex.atomic_saves as atomic_saves
     import modeling_molex.model_folder as model_folder
     import modeling_molex.experts_io as experts_io
     from modeling_molex import MoLExForAudioClassification

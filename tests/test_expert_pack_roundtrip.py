@@ -109,7 +109,7 @@ def test_a_pack_file_holding_three_packs_gives_each_its_own_rows_and_weights(tmp
     trained.save_experts(tmp_path / "pack", names=packs)
     index = json.loads((tmp_path / "pack" / "index.json").read_text())  # the documented pack format
     backbone = trained.config.backbone_config
-    save_id = index["save_id"]  # the same id in every file of this save (see save_identity.py)
+    save_id = index["save_id"]  # the same id in every file of this save (see atomic_saves.py)
     assert re.fullmatch(r"[0-9a-f]{32}", save_id)
     assert {
         name: load_file_metadata(tmp_path / "pack" / name)
