@@ -37,7 +37,7 @@ from collections.abc import Callable, Iterable
 
 import torch
 
-from .safe_files import FolderFiles, read_json_object, safetensors_metadata
+from .safe_files import FolderFiles, read_json_object, refuse_special_files, safetensors_metadata
 
 
 _AT_FDCWD = -100
@@ -239,10 +239,17 @@ def previous_version_prefix(target: str) -> str:
     return f".{os.path.basename(os.path.normpath(target))}.molex-previous-"
 
 
-def explain_missing_folder(folder: str | os.PathLike | None) -> None:
-    """Where a local folder is missing because a save into it was interrupted between moving the previous version
-    aside and moving the new one in (only where folders cannot be exchanged atomically), say where that version is."""
-    if not folder or not isinstance(folder, str | os.PathLike) or os.path.lexists(os.fspath(folder)):
+def check_before_load(folder: str | os.PathLike | None) -> None:
+    """Before transformers opens a local folder: refuse a FIFO or device in it (opening one would hang or stream
+    without end; links to regular files are the user's own and stay allowed) and, where the folder is missing
+    because a save into it was interrupted between moving the previous version aside and moving the new one in
+    (only where folders cannot be exchanged atomically), say where that version is."""
+    if not folder or not isinstance(folder, str | os.PathLike):
+        return
+    if os.path.isdir(os.fspath(folder)):
+        refuse_special_files(os.fspath(folder))
+        return
+    if os.path.lexists(os.fspath(folder)):
         return
     folder = os.fspath(folder)
     parent = os.path.dirname(os.path.abspath(folder)) or "."

@@ -15,7 +15,7 @@ from transformers import AutoConfig, PreTrainedModel
 from transformers import initialization as init
 
 from .adapter_config import MoLExAdapterConfig
-from .atomic_saves import check_model_folder, explain_missing_folder
+from .atomic_saves import check_before_load, check_model_folder
 from .backbones import backbone_normalizes_audio, build_backbone, disable_layerdrop, load_pretrained_backbone
 from .configuration_molex import MoLExConfig
 from .expert_management import MoLExExpertsMixin
@@ -162,7 +162,7 @@ class MoLExForAudioClassification(WaveformScoringMixin, MoLExExpertsMixin, MoLEx
         # Loading materialises fresh parameters (requires_grad=True everywhere): freeze again after it.
         wants_info = kwargs.pop("output_loading_info", False)
         source = args[0] if args else kwargs.get("pretrained_model_name_or_path")
-        explain_missing_folder(source)  # an interrupted save may have left the previous version beside it
+        check_before_load(source)  # no FIFO in it; an interrupted save may have left the previous version beside it
         model, info = super().from_pretrained(*args, output_loading_info=True, **kwargs)
         # Every weight comes from the checkpoint: a missing one (expert, router, head or backbone) would otherwise be
         # silently random-initialised and give a wrong score with no error.

@@ -105,6 +105,19 @@ class FolderFiles:
         return self.blobs is not None and os.path.dirname(os.path.realpath(path)) == self.blobs
 
 
+def refuse_special_files(folder: str) -> None:
+    """Raise UnsafeFileError for the first top-level entry of `folder` that is (or links to) neither a regular file
+    nor a folder: a FIFO, a device or a socket."""
+    for name in sorted(os.listdir(folder)):
+        path = os.path.join(folder, name)
+        try:
+            mode = os.stat(path).st_mode
+        except FileNotFoundError:
+            continue  # a dangling link: opening it fails with a clear error anyway
+        if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+            raise UnsafeFileError(f"{path} is {_kind(mode)}, not a regular file; it is not opened")
+
+
 def check_json_depth(data: bytes, path: str, limit: int = MAX_JSON_DEPTH) -> None:
     """Refuse JSON nested deeper than `limit` (brackets inside strings do not count)."""
     outside_strings = np.frombuffer(_JSON_STRING.sub(b'""', data), dtype=np.uint8)

@@ -228,3 +228,15 @@ def test_the_uploader_refuses_a_folder_holding_a_link(model_with_a_token_beside_
     monkeypatch.setattr("modeling_molex.hub_upload.HfApi", lambda **kwargs: pytest.fail("no request may be sent"))
     with pytest.raises(PushError, match=f"{folder / 'token'} is a symbolic link"):
         upload_folder_in_one_commit(folder, "me/molex")
+
+
+@pytest.mark.parametrize("name", ["model.safetensors", "config.json"])
+def test_a_fifo_in_a_model_folder_is_refused_without_hanging_the_load(tmp_path, name):
+    from test_expert_pack_safety import fifo_watchdog
+
+    build(0).save_pretrained(tmp_path / "model")
+    (tmp_path / "model" / name).unlink()
+    os.mkfifo(tmp_path / "model" / name)
+    with fifo_watchdog([tmp_path / "model" / name]), pytest.raises(ValueError) as error:
+        MoLExForAudioClassification.from_pretrained(tmp_path / "model")
+    assert str(error.value).startswith(f"{tmp_path / 'model' / name} is a FIFO (named pipe), not a regular file")
