@@ -37,7 +37,7 @@ from collections.abc import Callable, Iterable
 
 import torch
 
-from .safe_files import FolderFiles, read_json_object, refuse_special_files, safetensors_metadata
+from .safe_files import FolderFiles, read_json, read_json_object, refuse_special_files, safetensors_metadata
 
 
 _AT_FDCWD = -100
@@ -136,6 +136,7 @@ def _link_or_copy(source: str, destination: str) -> None:
 
 SAVE_ID_KEY = "molex_save_id"  # in config.json and in safetensors metadata
 PACK_SAVE_ID_KEY = "save_id"  # in a pack's index.json
+MODEL_JSON_FILES = ("config.json", "preprocessor_config.json", "generation_config.json")  # checked before loading
 
 
 def content_save_id(tensors: dict[str, torch.Tensor], *documents: object) -> str:
@@ -248,6 +249,9 @@ def check_before_load(folder: str | os.PathLike | None) -> None:
         return
     if os.path.isdir(os.fspath(folder)):
         refuse_special_files(os.fspath(folder))
+        for name in sorted(os.listdir(folder)):  # bounded JSON: transformers' own parse ends in a RecursionError
+            if name in MODEL_JSON_FILES or name.endswith(".safetensors.index.json"):
+                read_json(os.path.join(folder, name))
         return
     if os.path.lexists(os.fspath(folder)):
         return

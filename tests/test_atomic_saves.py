@@ -240,3 +240,13 @@ def test_a_fifo_in_a_model_folder_is_refused_without_hanging_the_load(tmp_path, 
     with fifo_watchdog([tmp_path / "model" / name]), pytest.raises(ValueError) as error:
         MoLExForAudioClassification.from_pretrained(tmp_path / "model")
     assert str(error.value).startswith(f"{tmp_path / 'model' / name} is a FIFO (named pipe), not a regular file")
+
+
+@pytest.mark.parametrize("name", ["config.json", "preprocessor_config.json"])
+def test_a_deeply_nested_model_json_is_refused_naming_the_file(tmp_path, name):
+    build(0).save_pretrained(tmp_path / "model")
+    path = tmp_path / "model" / name
+    path.write_text(path.read_text().rstrip()[:-1] + ', "deep": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    with pytest.raises(ValueError) as error:
+        MoLExForAudioClassification.from_pretrained(tmp_path / "model")
+    assert str(error.value) == f"{path}: JSON nested 100001 levels deep, more than the 64 a MoLEx file may use"
