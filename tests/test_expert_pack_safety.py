@@ -7,7 +7,8 @@ import contextlib
 import json
 import os
 import shutil
-import threading
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -38,24 +39,33 @@ def pack(tmp_path):
     return tmp_path / "pack"
 
 
+RELEASER = """
+import os, sys, time
+time.sleep(float(sys.argv[1]))
+while True:  # until killed: the reader may open the FIFO again
+    for fifo in sys.argv[2:]:
+        try:
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+            print(fifo, flush=True)
+        except OSError:  # ENXIO: nobody is waiting on this one
+            pass
+    time.sleep(0.1)
+"""
+
+
 @contextlib.contextmanager
 def fifo_watchdog(fifos: list, seconds: float = 20.0):
-    """Fail instead of hanging the suite when the block opens a FIFO: after `seconds`, open each FIFO's write end
-    (which releases a reader blocked in `open`, whatever language it is written in) and report the hang."""
-    hung = []
-
-    def release():
-        for fifo in fifos:
-            with contextlib.suppress(OSError):  # ENXIO: nobody is waiting on this one
-                os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
-                hung.append(str(fifo))
-
-    timer = threading.Timer(seconds, release)
-    timer.start()
+    """Fail instead of hanging the suite when the block opens a FIFO: after `seconds`, another process keeps opening
+    each FIFO's write end, which releases a reader blocked in `open` whatever language it is written in (a thread
+    could not: a native reader may hold the GIL while it blocks), and the hang is reported."""
+    releaser = subprocess.Popen(
+        [sys.executable, "-c", RELEASER, str(seconds), *map(str, fifos)], stdout=subprocess.PIPE, text=True
+    )
     try:
         yield
     finally:
-        timer.cancel()
+        releaser.kill()
+        hung = sorted(set(releaser.communicate()[0].split()))
         assert not hung, f"the load blocked on opening {hung}"
 
 
