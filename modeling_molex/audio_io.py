@@ -42,9 +42,9 @@ __all__ = [
     "decode_audio",
     "level_dbfs",
     "refuse_non_finite",
+    "resample",
     "rms_dbfs",
     "sum_of_squares",
-    "resample",
     "to_mono",
 ]
 

@@ -44,8 +44,8 @@ __all__ = [
     "check_sampling_rate",
     "clip_result",
     "load_model_signatures",
-    "score_window_batch",
     "score_waveforms",
+    "score_window_batch",
     "verdict",
     "window_starts",
 ]
