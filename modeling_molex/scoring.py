@@ -227,7 +227,7 @@ def bonafide_probability(score: float) -> float:
 
 
 def verdict(score: float) -> str:
-    """"bonafide" when the score is >= 0 (equal priors and costs), else "spoof"."""
+    """The verdict for a score: bonafide when it is >= 0 (equal priors and costs), else spoof."""
     return "bonafide" if score >= 0 else "spoof"
 
 
