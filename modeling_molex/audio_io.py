@@ -37,9 +37,14 @@ __all__ = [
     "MIN_DOWNMIX_RATIO",
     "AudioInputError",
     "as_channels_first",
+    "as_float_samples",
+    "channel_choice",
     "decode_audio",
     "level_dbfs",
+    "refuse_non_finite",
     "resample",
+    "rms_dbfs",
+    "sum_of_squares",
     "to_mono",
 ]
 
@@ -52,19 +57,36 @@ class AudioInputError(ValueError):
     """Audio that cannot be scored. The message names the input (file or argument) and says why."""
 
 
-def as_channels_first(wave, name: str = "wave") -> np.ndarray:
-    """Any 1-D (samples,) or 2-D array (either axis order: the shorter axis holds the channels) -> float32 or
-    float64 (channels, samples), without a copy when possible. Integer PCM is scaled to [-1, 1) by its type's range.
-    Non-finite samples are refused."""
+def as_float_samples(wave, name: str = "wave") -> np.ndarray:
+    """Samples of any shape (numpy, torch or a list) -> float32 or float64 numpy, without a copy when possible.
+    Integer PCM is scaled to [-1, 1) by its type's range; anything but float or integer samples is refused."""
     if hasattr(wave, "detach"):  # torch tensor
         wave = wave.detach().cpu().numpy()
     wave = np.asarray(wave)
     if wave.dtype == bool or not (np.issubdtype(wave.dtype, np.floating) or np.issubdtype(wave.dtype, np.integer)):
         raise AudioInputError(f"{name}: expected float or integer PCM samples, got dtype {wave.dtype}")
     if np.issubdtype(wave.dtype, np.integer):
-        wave = wave.astype(np.float32) / np.float32(-np.iinfo(wave.dtype).min)
-    elif wave.dtype not in (np.float32, np.float64):
-        wave = wave.astype(np.float32)  # float16 and friends; float32/float64 are kept (an hour is 230/460 MB)
+        return wave.astype(np.float32) / np.float32(-np.iinfo(wave.dtype).min)
+    if wave.dtype not in (np.float32, np.float64):
+        return wave.astype(np.float32)  # float16 and friends; float32/float64 are kept (an hour is 230/460 MB)
+    return wave
+
+
+def refuse_non_finite(wave: np.ndarray, name: str = "wave") -> None:
+    """Raise `AudioInputError` counting the NaN or infinite samples of (channels, samples) and where the first is."""
+    finite = np.isfinite(wave)
+    if not finite.all():
+        first = int(np.argwhere(~finite)[0][1])
+        raise AudioInputError(
+            f"{name}: {int((~finite).sum())} samples are NaN or infinite (first at sample {first}); refusing to score"
+        )
+
+
+def as_channels_first(wave, name: str = "wave") -> np.ndarray:
+    """Any 1-D (samples,) or 2-D array (either axis order: the shorter axis holds the channels) -> float32 or
+    float64 (channels, samples), without a copy when possible. Integer PCM is scaled to [-1, 1) by its type's range.
+    Non-finite samples are refused."""
+    wave = as_float_samples(wave, name)
     if wave.size == 0:
         raise AudioInputError(f"{name}: holds no audio samples")
     if wave.ndim == 1:
@@ -80,22 +102,23 @@ def as_channels_first(wave, name: str = "wave") -> np.ndarray:
     else:
         raise AudioInputError(f"{name}: expected shape (samples,), (channels, samples) or (samples, channels), got "
                               f"{tuple(wave.shape)}")  # fmt: skip
-    finite = np.isfinite(wave)
-    if not finite.all():
-        first = int(np.argwhere(~finite)[0][1])
-        raise AudioInputError(
-            f"{name}: {int((~finite).sum())} samples are NaN or infinite (first at sample {first}); refusing to score"
-        )
+    refuse_non_finite(wave, name)
     return wave
 
 
-def _rms(wave: np.ndarray, chunk: int = 1 << 20) -> np.ndarray:
-    """RMS over the last axis, accumulated in float64 chunk by chunk (no full float64 copy of an hour of audio)."""
+def sum_of_squares(wave: np.ndarray, chunk: int = 1 << 20) -> np.ndarray:
+    """Sum of squares over the last axis, accumulated in float64 chunk by chunk (no full float64 copy of an hour of
+    audio); a stream adds up the same sums chunk by chunk."""
     total = np.zeros(wave.shape[:-1], dtype=np.float64)
     for start in range(0, wave.shape[-1], chunk):
         piece = wave[..., start : start + chunk].astype(np.float64)
         total += np.einsum("...i,...i->...", piece, piece)
-    return np.sqrt(total / wave.shape[-1])
+    return total
+
+
+def _rms(wave: np.ndarray) -> np.ndarray:
+    """RMS over the last axis (see `sum_of_squares`)."""
+    return np.sqrt(sum_of_squares(wave) / wave.shape[-1])
 
 
 def to_mono(wave: np.ndarray) -> tuple[np.ndarray, str]:
@@ -104,16 +127,26 @@ def to_mono(wave: np.ndarray) -> tuple[np.ndarray, str]:
     if wave.shape[0] == 1:
         return wave[0], "mono"
     mean = wave.mean(axis=0)
-    channel_rms = _rms(wave)
-    if _rms(mean) >= MIN_DOWNMIX_RATIO * channel_rms.mean():
-        return mean, f"mean of {wave.shape[0]} channels"
+    loudest, policy = channel_choice(float(_rms(mean)), _rms(wave))
+    return (mean if loudest is None else wave[loudest]), policy
+
+
+def channel_choice(mean_rms: float, channel_rms: np.ndarray) -> tuple[int | None, str]:
+    """The rule of `to_mono` from RMS levels (the channel average's, each channel's): (None, "mean of N channels")
+    or (the loudest channel, "channel i of N (the channels cancel when averaged)"). A stream decides with it too."""
+    if mean_rms >= MIN_DOWNMIX_RATIO * channel_rms.mean():
+        return None, f"mean of {len(channel_rms)} channels"
     loudest = int(channel_rms.argmax())
-    return wave[loudest], f"channel {loudest} of {wave.shape[0]} (the channels cancel when averaged)"
+    return loudest, f"channel {loudest} of {len(channel_rms)} (the channels cancel when averaged)"
 
 
 def level_dbfs(wave: np.ndarray) -> float:
     """RMS level in dB relative to full scale (a full-scale sine is about -3 dBFS); -inf for digital silence."""
-    rms = float(_rms(wave))
+    return rms_dbfs(float(_rms(wave)))
+
+
+def rms_dbfs(rms: float) -> float:
+    """An RMS value in dBFS; -inf for 0."""
     return 20.0 * math.log10(rms) if rms > 0 else -math.inf
 
 
