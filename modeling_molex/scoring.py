@@ -310,7 +310,7 @@ def score_waveforms(
 
 
 # Signatures are read once per file version (path, modification time), shared by every thread.
-_SIGNATURES_CACHE: dict[tuple[str, int], RoutingSignatures] = {}
+_SIGNATURES_CACHE: dict[tuple, RoutingSignatures] = {}
 _SIGNATURES_LOCK = threading.Lock()
 
 
@@ -321,13 +321,15 @@ def load_model_signatures(model) -> RoutingSignatures | None:
     path = _signatures_path(str(getattr(model, "name_or_path", "") or ""))
     if path is None:
         return None
-    key = (path, os.stat(path).st_mtime_ns)
+    adapter = model.config.adapter  # the layout is in the key: an adapted model gets extended signatures
+    layout = (tuple(model.router_names), tuple(adapter.expert_packs.items()), adapter.top_k)
+    key = (path, os.stat(path).st_mtime_ns, layout)
     with _SIGNATURES_LOCK:
         cached = _SIGNATURES_CACHE.get(key)
     if cached is None:
-        config = model.config
+        signatures = _read_signatures_file(path)
         cached = check_signatures(
-            _read_signatures_file(path), model.router_names, config.adapter.num_experts, config.adapter.top_k, path
+            signatures, model.router_names, adapter.num_experts, adapter.top_k, path, adapter.expert_packs
         )
         with _SIGNATURES_LOCK:
             _SIGNATURES_CACHE[key] = cached
