@@ -1,12 +1,14 @@
 """Live scoring (`model.streaming_scorer`): real-time factor, the latency from a window's last sample to its verdict,
 and the memory of a long stream against a short one.
 
-    python -m bench.bench_streaming [--models main whisper-base wav2vec2-base] [--threads 1 2] [--seconds 60]
+    python -m bench.bench_streaming [--models main ssl-tiny whisper-base wav2vec2-base] [--threads 1 2] [--seconds 60]
                                     [--chunk_seconds 0.1] [--memory_model main] [--memory_minutes 1 60]
 
 Models (random weights; only the shapes matter for time and memory):
-- `main`: the main job's model (configs/tiny.yaml): the project's SSL encoder (training/encoders/molex_ssl_tiny,
-  4 blocks of 128) with E8 k2 r8 experts, 2 s windows every 1 s.
+- `main`: the main job's model (configs/tiny.yaml): Whisper tiny.en's encoder (4 blocks of 384, 80 mel bins) with
+  E8 k2 r8 experts on its six projections, 2 s windows every 1 s.
+- `ssl-tiny`: the main job's SSL variant (configs/tiny_ssl.yaml): the project's SSL encoder
+  (training/encoders/molex_ssl_tiny, 4 blocks of 128), E8 k2 r8, 2 s windows every 1 s.
 - `whisper-base`: the largest backbone shipped offline (Whisper base's encoder: 6 blocks of 512, 80 mel bins), E8 k2
   r8 on its six projections, 4.04 s windows every 2.02 s (the full-size configs' crop).
 - `wav2vec2-base`: a larger backbone supported offline with random weights (12 blocks of 768, 94 M), 4.04 s windows.
@@ -46,6 +48,12 @@ WHISPER_SIX = ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"]
 
 def backbone_and_crop(name: str):
     if name == "main":
+        tiny_en = WhisperConfig(
+            d_model=384, encoder_layers=4, encoder_attention_heads=6, encoder_ffn_dim=1536, num_mel_bins=80,
+            decoder_layers=1, decoder_attention_heads=6, decoder_ffn_dim=1536,
+        )  # fmt: skip
+        return tiny_en, 32_000, WHISPER_SIX
+    if name == "ssl-tiny":
         config = AutoConfig.from_pretrained(MAIN_ENCODER)
         config.layerdrop, config.apply_spec_augment = 0.0, False
         return config, 32_000, SIX_PROJECTIONS
@@ -57,7 +65,7 @@ def backbone_and_crop(name: str):
         return whisper, 64_600, WHISPER_SIX
     if name == "wav2vec2-base":
         return Wav2Vec2Config(mask_time_prob=0.0, layerdrop=0.0), 64_600, SIX_PROJECTIONS
-    raise ValueError(f"unknown model {name!r}: main, whisper-base or wav2vec2-base")
+    raise ValueError(f"unknown model {name!r}: main, ssl-tiny, whisper-base or wav2vec2-base")
 
 
 def build(name: str) -> MoLExForAudioClassification:
@@ -120,7 +128,7 @@ def memory_run(name: str, minutes: float) -> dict:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", nargs="+", default=["main", "whisper-base", "wav2vec2-base"])
+    parser.add_argument("--models", nargs="+", default=["main", "ssl-tiny", "whisper-base", "wav2vec2-base"])
     parser.add_argument("--threads", nargs="+", type=int, default=[1, 2])
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--chunk_seconds", type=float, default=0.1)

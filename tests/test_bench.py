@@ -119,7 +119,19 @@ def test_bench_streaming_times_windows_and_measures_each_length_in_its_own_proce
     from bench import bench_streaming
 
     report = bench_streaming.main(
-        ["--models", "main", "--threads", "1", "--seconds", "4", "--memory_minutes", "0.1", "0.2"]
+        [
+            "--models",
+            "ssl-tiny",
+            "--threads",
+            "1",
+            "--seconds",
+            "4",
+            "--memory_model",
+            "ssl-tiny",
+            "--memory_minutes",
+            "0.1",
+            "0.2",
+        ]
     )
     (row,) = report["timing"]
     assert row["windows"] == 3  # 2 s windows every 1 s in 4 s: at 0, 1 and 2 s (the one at 2 s ends the stream)
@@ -128,4 +140,4 @@ def test_bench_streaming_times_windows_and_measures_each_length_in_its_own_proce
         9,
         15,
     ]  # 6 s and 12 s after 4 s of warm-up: a window every 1 s
-    assert "memory main: 0.2 min stream" in capsys.readouterr().out
+    assert "memory ssl-tiny: 0.2 min stream" in capsys.readouterr().out
