@@ -1,11 +1,9 @@
-"""Audio in, for scoring: decode a file, check the samples, pick the channel, resample. Shipped as remote code.
+"""Audio in, for scoring: check the samples, pick the channel, measure the level, resample. Shipped as remote code.
 
+Files are decoded by `audio_decoding.decode_audio` (re-exported here: soundfile, else ffmpeg, within `max_seconds`).
 Remote code may require only torch, transformers and safetensors, so the optional helpers are imported under `try`
-and every path that needs a missing one raises an error naming the package:
-
-- decoding: `soundfile` (libsndfile: WAV, FLAC, OGG/Vorbis/Opus, MP3, AIFF) first, then the `ffmpeg`/`ffprobe`
-  binaries for everything else (WebM/Opus from browsers, M4A/AAC from phones, MP4, ...);
-- resampling: `soxr` (`pip install soxr`), only when the audio is not already at the model's rate.
+and every path that needs a missing one raises an error naming the package: resampling needs `soxr`
+(`pip install soxr`), only when the audio is not already at the model's rate.
 
 Channels. Averaging channels is the usual downmix, but opposite-phase stereo (or a channel inverted by a faulty
 cable) cancels to silence when averaged, and silence scores like anything. So channels are averaged only when the
@@ -14,18 +12,12 @@ alone. The choice is reported (`channel_policy`).
 """
 
 import math
-import os
-import shutil
-import subprocess
-from pathlib import Path
 
 import numpy as np
 
+from .audio_decoding import DEFAULT_MAX_SECONDS, MAX_CHANNELS, AudioInputError, decode_audio
 
-try:
-    import soundfile
-except (ImportError, OSError):  # OSError: the wheel is there but libsndfile cannot load
-    soundfile = None
+
 try:
     import soxr
 except ImportError:
@@ -33,6 +25,7 @@ except ImportError:
 
 
 __all__ = [
+    "DEFAULT_MAX_SECONDS",
     "MAX_CHANNELS",
     "MIN_DOWNMIX_RATIO",
     "AudioInputError",
@@ -43,13 +36,7 @@ __all__ = [
     "to_mono",
 ]
 
-MAX_CHANNELS = 16  # a 2-D array's shorter axis is its channel axis, and no real recording has more channels
 MIN_DOWNMIX_RATIO = 0.5  # the channel average must keep this share of the channels' mean RMS (else: channels cancel)
-FFMPEG_TIMEOUT_S = 600
-
-
-class AudioInputError(ValueError):
-    """Audio that cannot be scored. The message names the input (file or argument) and says why."""
 
 
 def as_channels_first(wave, name: str = "wave") -> np.ndarray:
@@ -129,57 +116,3 @@ def resample(wave: np.ndarray, from_rate: int, to_rate: int, name: str = "wave")
             f"(pip install soxr), or pass audio already at {to_rate} Hz"
         )
     return soxr.resample(wave, int(from_rate), int(to_rate), quality="HQ")
-
-
-def decode_audio(path: str | os.PathLike) -> tuple[np.ndarray, int]:
-    """Decode an audio file -> (float32 (channels, samples), sampling rate): soundfile first, then ffmpeg.
-
-    Raises `AudioInputError` naming the file when it is missing, empty or undecodable by every decoder present.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise AudioInputError(f"{path.name}: file not found")
-    if path.stat().st_size == 0:
-        raise AudioInputError(f"{path.name} is empty (0 bytes)")
-    reasons = []
-    if soundfile is not None:
-        try:
-            data, rate = soundfile.read(str(path), dtype="float32", always_2d=True)
-            return np.ascontiguousarray(data.T), int(rate)
-        except (soundfile.LibsndfileError, RuntimeError, OSError, ValueError, TypeError) as error:
-            reasons.append(f"soundfile: {str(error).splitlines()[0] if str(error) else type(error).__name__}")
-    else:
-        reasons.append("soundfile: not installed")
-    if shutil.which("ffmpeg") and shutil.which("ffprobe"):
-        try:
-            return _ffmpeg_decode(path)
-        except (RuntimeError, subprocess.SubprocessError, OSError, ValueError) as error:
-            reasons.append(f"ffmpeg: {error}")
-    else:
-        reasons.append("ffmpeg: the ffmpeg/ffprobe binaries are not on PATH (apt-get install ffmpeg)")
-    reasons = "; ".join(reasons).replace(str(path), path.name)  # messages reach users: no server paths in them
-    raise AudioInputError(f"{path.name} is not an audio file that can be decoded ({reasons})")
-
-
-def _ffmpeg_decode(path: Path) -> tuple[np.ndarray, int]:
-    """First audio stream at its own rate and channel count, as float32 (channels, samples)."""
-    probe = subprocess.run(
-        ["ffprobe", "-v", "error", "-select_streams", "a:0", "-show_entries", "stream=sample_rate,channels",
-         "-of", "csv=p=0", str(path)],
-        capture_output=True, text=True, timeout=FFMPEG_TIMEOUT_S, check=False,
-    )  # fmt: skip
-    fields = probe.stdout.strip().split(",")
-    if probe.returncode != 0 or len(fields) != 2 or not all(f.strip().isdigit() for f in fields):
-        raise RuntimeError(f"no audio stream found ({(probe.stderr.strip().splitlines() or ['?'])[-1]})")
-    rate, channels = int(fields[0]), int(fields[1])
-    decoded = subprocess.run(
-        ["ffmpeg", "-v", "error", "-nostdin", "-i", str(path), "-map", "0:a:0", "-f", "f32le", "-acodec",
-         "pcm_f32le", "-"],
-        capture_output=True, timeout=FFMPEG_TIMEOUT_S, check=False,
-    )  # fmt: skip
-    if decoded.returncode != 0:
-        raise RuntimeError((decoded.stderr.decode(errors="replace").strip().splitlines() or ["decoding failed"])[-1])
-    samples = np.frombuffer(decoded.stdout, dtype="<f4")
-    if rate <= 0 or channels <= 0 or samples.size == 0 or samples.size % channels:
-        raise RuntimeError("decoded no samples")
-    return np.ascontiguousarray(samples.reshape(-1, channels).T), rate

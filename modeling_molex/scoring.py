@@ -27,7 +27,15 @@ import numpy as np
 import torch
 from transformers.utils import ModelOutput
 
-from .audio_io import AudioInputError, as_channels_first, decode_audio, level_dbfs, resample, to_mono
+from .audio_io import (
+    DEFAULT_MAX_SECONDS,
+    AudioInputError,
+    as_channels_first,
+    decode_audio,
+    level_dbfs,
+    resample,
+    to_mono,
+)
 from .feature_extraction_molex import normalize_waveforms
 from .novelty import SIGNATURES_FILE, NoveltyResult, RoutingSignatures, check_signatures, clip_novelty
 from .novelty import load_routing_signatures as _read_signatures_file
@@ -297,24 +305,31 @@ class WaveformScoringMixin:
         per-window timeline, expert usage and novelty. Keyword arguments as in `scoring.score_waveforms`."""
         return score_waveforms(self, [wave], [sampling_rate], **kwargs)[0]
 
-    def score_file(self, path: str | os.PathLike, max_seconds: float | None = None, **kwargs) -> WaveformScore:
-        """Decode an audio file (soundfile, else ffmpeg: WAV, FLAC, MP3, OGG/Opus, WebM, M4A/AAC, ...) and score it."""
-        wave, rate = decode_audio(path)
+    def score_file(
+        self, path: str | os.PathLike, max_seconds: float | None = DEFAULT_MAX_SECONDS, **kwargs
+    ) -> WaveformScore:
+        """Decode an audio file (soundfile, else ffmpeg: WAV, FLAC, MP3, OGG/Opus, WebM, M4A/AAC, ...) and score it.
+
+        Files longer than `max_seconds` (default 600; None: no limit) are refused from their header, before
+        decoding; see `audio_decoding.decode_audio`. Running out of memory is an `AudioInputError` naming the file."""
         name = os.path.basename(os.fspath(path))
-        if max_seconds is not None and wave.shape[1] / rate > max_seconds:
-            raise AudioInputError(
-                f"{name} is {wave.shape[1] / rate:.1f} s long; at most {max_seconds:g} s is accepted here"
-            )
-        return score_waveforms(self, [wave], [rate], names=[name], **kwargs)[0]
+        wave, rate = decode_audio(path, max_seconds=max_seconds)
+        try:
+            return score_waveforms(self, [wave], [rate], names=[name], **kwargs)[0]
+        except MemoryError:
+            raise AudioInputError(f"{name}: scoring it needs more memory than is free ({wave.shape[1] / rate:.1f} s "
+                                  f"at {rate} Hz; lower max_seconds, now {max_seconds})") from None  # fmt: skip
 
     def routing_signatures(self) -> RoutingSignatures | None:
         """The routing signatures `score_waveform` uses for novelty (None when the model ships none)."""
         return load_model_signatures(self)
 
     @staticmethod
-    def read_audio(path: str | os.PathLike) -> tuple[np.ndarray, int]:
+    def read_audio(
+        path: str | os.PathLike, max_seconds: float | None = DEFAULT_MAX_SECONDS
+    ) -> tuple[np.ndarray, int]:
         """Decode an audio file -> (float32 (channels, samples), rate), as `score_file` does."""
-        return decode_audio(path)
+        return decode_audio(path, max_seconds=max_seconds)
 
     @staticmethod
     def pipeline_class():
