@@ -16,7 +16,6 @@ from typing import Any, Literal
 PACK_CONFIG_NAME = "molex_pack_config.json"
 LEGACY_PACK_CONFIG_NAME = "adapter_config.json"  # read for packs saved before the rename
 MOLEX_PEFT_TYPE = "MOLEX"
-DEFAULT_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "out_proj", "intermediate_dense", "output_dense")
 ROUTER_GRANULARITIES = ("token", "utterance")
 ROUTER_SCOPES = ("block", "module")
 
@@ -40,9 +39,11 @@ class MoLExAdapterConfig:
             LoRA scaling numerator: an expert's delta is `(lora_alpha / r) * B @ A @ x`, as in PEFT LoRA.
         lora_dropout (`float`, defaults to 0.0):
             Dropout on the expert input, as in PEFT LoRA.
-        target_modules (`list[str]`):
+        target_modules (`list[str]`, *optional*):
             Names of the `nn.Linear` modules inside each transformer block that carry experts, matched as a suffix
-            of the module path inside the block (e.g. `"q_proj"` matches `attention.q_proj`).
+            of the module path inside the block (e.g. `"q_proj"` matches `attention.q_proj`). `None` (default):
+            the six projections of the backbone family, filled in by `MoLExConfig` (`q_proj`, `k_proj`, `v_proj`,
+            `out_proj` and `intermediate_dense`, `output_dense` for the SSL families, `fc1`, `fc2` for Whisper).
         layers_to_transform (`list[int]`, *optional*):
             Transformer blocks that carry experts; all blocks when `None`.
         router_granularity (`str`, defaults to `"utterance"`):
@@ -80,7 +81,7 @@ class MoLExAdapterConfig:
     r: int = 8
     lora_alpha: float = 16.0
     lora_dropout: float = 0.0
-    target_modules: list[str] = field(default_factory=lambda: list(DEFAULT_TARGET_MODULES))
+    target_modules: list[str] | None = None
     layers_to_transform: list[int] | None = None
     router_granularity: Literal["token", "utterance"] = "utterance"
     router_scope: Literal["block", "module"] = "block"
@@ -104,7 +105,8 @@ class MoLExAdapterConfig:
         self.num_experts = sum(self.expert_packs.values())
         if isinstance(self.target_modules, str):
             self.target_modules = [self.target_modules]
-        self.target_modules = list(self.target_modules)
+        if self.target_modules is not None:
+            self.target_modules = list(self.target_modules)
         self.frozen_packs = list(self.frozen_packs)
         if self.layers_to_transform is not None:
             self.layers_to_transform = sorted({int(i) for i in self.layers_to_transform})
@@ -120,7 +122,9 @@ class MoLExAdapterConfig:
             raise ValueError(f"`lora_alpha` must be > 0, got {self.lora_alpha!r}")
         if not 0.0 <= self.lora_dropout < 1.0:
             raise ValueError(f"`lora_dropout` must be in [0, 1), got {self.lora_dropout!r}")
-        if not self.target_modules or not all(isinstance(t, str) and t for t in self.target_modules):
+        if self.target_modules is not None and (
+            not self.target_modules or not all(isinstance(t, str) and t for t in self.target_modules)
+        ):
             raise ValueError(f"`target_modules` must be a non-empty list of module names, got {self.target_modules!r}")
         if self.layers_to_transform is not None and (
             not self.layers_to_transform or min(self.layers_to_transform) < 0

@@ -6,9 +6,10 @@ from transformers import AutoConfig, PretrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
 from .adapter_config import MoLExAdapterConfig
+from .backbones import SUPPORTED_BACKBONES, default_target_modules, disable_layerdrop, is_whisper
+from .whisper_encoder import SAMPLING_RATE as WHISPER_SAMPLING_RATE
 
 
-SUPPORTED_BACKBONES = ("wav2vec2", "hubert", "wavlm", "data2vec-audio")
 POOLING_TYPES = ("attentive_stats", "mean")
 ID2LABEL = {0: "spoof", 1: "bonafide"}
 # `pipeline("audio-classification")` loads this class from the model repo: it scores through `score_waveform`.
@@ -25,11 +26,14 @@ class MoLExConfig(PretrainedConfig):
 
     Args:
         backbone_config (`PretrainedConfig` or `dict`, *optional*):
-            Config of the speech SSL encoder (wav2vec2 / XLS-R, HuBERT, WavLM, data2vec-audio). A dict needs a
-            `model_type`. Defaults to a `Wav2Vec2Config()`. Its `layerdrop` is forced to 0: skipping whole blocks
-            at random breaks routing statistics and DDP, and the backbone is frozen anyway.
+            Config of the speech encoder: a speech SSL encoder (wav2vec2 / XLS-R, HuBERT, WavLM, data2vec-audio) or
+            Whisper (`WhisperConfig`: only its encoder is used, see whisper_encoder.py). A dict needs a
+            `model_type`. Defaults to a `Wav2Vec2Config()`. Its layerdrop (`encoder_layerdrop` for Whisper) is
+            forced to 0: skipping whole blocks at random breaks routing statistics and DDP, and the backbone is
+            frozen anyway.
         adapter (`MoLExAdapterConfig` or `dict`, *optional*):
-            Where the LoRA experts sit and how they are routed. Defaults to `MoLExAdapterConfig()`.
+            Where the LoRA experts sit and how they are routed. Defaults to `MoLExAdapterConfig()`. Its
+            `target_modules=None` becomes the backbone family's six projections (see backbones.py).
         backbone_name_or_path (`str`, *optional*):
             Hub id or folder the backbone weights came from (recorded for model cards and expert export).
         use_weighted_layer_sum (`bool`, defaults to `True`):
@@ -55,8 +59,10 @@ class MoLExConfig(PretrainedConfig):
             accepts any length; scoring code that cuts long clips into windows (the demo) uses this length.
         sampling_rate (`int`, defaults to 16000):
             Sampling rate the backbone expects; written to `preprocessor_config.json`.
-        normalize_audio (`bool`, defaults to `True`):
+        normalize_audio (`bool`, *optional*):
             Zero-mean/unit-variance normalisation per clip in the feature extractor (as the backbone was trained).
+            Defaults to `True` for the SSL families and `False` for Whisper, whose log-mel front end (inside the
+            model) sets the level itself and was trained on unnormalised audio.
         initializer_range (`float`, defaults to 0.02):
             Std of the normal init of routers and head.
     """
@@ -80,12 +86,14 @@ class MoLExConfig(PretrainedConfig):
         calibration: dict[str, float] | None = None,
         crop_samples: int = 64_600,
         sampling_rate: int = 16000,
-        normalize_audio: bool = True,
+        normalize_audio: bool | None = None,
         initializer_range: float = 0.02,
         **kwargs: Any,
     ):
         self.backbone_config = _build_backbone_config(backbone_config)
         self.adapter = _build_adapter_config(adapter)
+        if self.adapter.target_modules is None:
+            self.adapter.target_modules = default_target_modules(self.backbone_config)
         self.backbone_name_or_path = backbone_name_or_path
         self.use_weighted_layer_sum = use_weighted_layer_sum
         self.train_layer_weights = train_layer_weights
@@ -97,7 +105,7 @@ class MoLExConfig(PretrainedConfig):
         self.calibration = dict(calibration) if calibration is not None else None
         self.crop_samples = crop_samples
         self.sampling_rate = sampling_rate
-        self.normalize_audio = normalize_audio
+        self.normalize_audio = not is_whisper(self.backbone_config) if normalize_audio is None else normalize_audio
         self.initializer_range = initializer_range
         kwargs["id2label"] = dict(ID2LABEL)
         kwargs["label2id"] = {label: index for index, label in ID2LABEL.items()}
@@ -128,6 +136,11 @@ class MoLExConfig(PretrainedConfig):
             )
         if self.calibration is not None and set(self.calibration) != {"scale", "bias"}:
             raise ValueError(f"`calibration` must be a dict with keys 'scale' and 'bias', got {self.calibration}")
+        if is_whisper(self.backbone_config) and self.sampling_rate != WHISPER_SAMPLING_RATE:
+            raise ValueError(
+                f"`sampling_rate` must be {WHISPER_SAMPLING_RATE} for a Whisper backbone (its log-mel front end is "
+                f"fixed), got {self.sampling_rate}"
+            )
         hidden_layers = self.backbone_config.num_hidden_layers
         layers = self.adapter.layers_to_transform
         if layers is not None and max(layers) >= hidden_layers:
@@ -157,7 +170,7 @@ def _build_backbone_config(backbone_config: PretrainedConfig | dict | None) -> P
         raise ValueError(
             f"`backbone_config.model_type` is {backbone_config.model_type!r}; MoLEx supports {SUPPORTED_BACKBONES}"
         )
-    backbone_config.layerdrop = 0.0
+    disable_layerdrop(backbone_config)
     return backbone_config
 
 

@@ -8,10 +8,14 @@ clips of the batch, or NaN) instead of failing. Every such input gets an error t
 import torch
 from transformers import PretrainedConfig
 
+from .whisper_encoder import MINIMUM_INPUT_SAMPLES as WHISPER_MINIMUM_INPUT_SAMPLES
+
 
 def minimum_input_samples(backbone_config: PretrainedConfig) -> int:
     """Fewest samples that give one output frame of the backbone's convolutional feature encoder (400 = 25 ms at
-    16 kHz for wav2vec2 / XLS-R / WavLM / HuBERT)."""
+    16 kHz for wav2vec2 / XLS-R / WavLM / HuBERT); 201 for Whisper's centred STFT (see whisper_encoder.py)."""
+    if backbone_config.model_type == "whisper":
+        return WHISPER_MINIMUM_INPUT_SAMPLES
     needed = 1
     for kernel, stride in reversed(list(zip(backbone_config.conv_kernel, backbone_config.conv_stride, strict=True))):
         needed = (needed - 1) * stride + kernel
@@ -75,6 +79,15 @@ def standardize_attention_mask(
             "0s (padding), as the feature extractor pads"
         )
     return mask
+
+
+def padded_lengths(attention_mask: torch.Tensor | None) -> torch.Tensor | None:
+    """(B,) real samples per clip when at least one clip of the batch is padded; None when none is (the backbone's
+    padding-aware modules then run their original, unmasked code)."""
+    if attention_mask is None:
+        return None
+    lengths = attention_mask.sum(dim=-1)
+    return None if bool((lengths == attention_mask.shape[-1]).all()) else lengths
 
 
 def check_clip_lengths(

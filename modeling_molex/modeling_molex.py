@@ -12,10 +12,11 @@ import tempfile
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import AutoConfig, AutoModel, PreTrainedModel, Wav2Vec2FeatureExtractor
+from transformers import AutoConfig, PreTrainedModel
 from transformers import initialization as init
 
 from .adapter_config import MoLExAdapterConfig
+from .backbones import backbone_normalizes_audio, build_backbone, disable_layerdrop, load_pretrained_backbone
 from .configuration_molex import MoLExConfig
 from .expert_management import MoLExExpertsMixin
 from .experts_io import save_expert_pack
@@ -27,10 +28,12 @@ from .layers import MoLExLinear
 from .model_inputs import (
     check_clip_lengths,
     minimum_input_samples,
+    padded_lengths,
     standardize_attention_mask,
     standardize_input_values,
 )
 from .outputs import MoLExAudioClassifierOutput, detection_scores, routing_summary
+from .padding_invariance import make_padding_invariant
 from .router import (
     RouterOutput,
     TopKRouter,
@@ -96,8 +99,9 @@ class MoLExForAudioClassification(WaveformScoringMixin, MoLExExpertsMixin, MoLEx
                 tensor._is_hf_initialized = True  # loaded weights: `post_init` must not re-initialise them
             self.backbone = _pretrained_backbone
         else:
-            self.backbone = AutoModel.from_config(config.backbone_config)
+            self.backbone = build_backbone(config.backbone_config)
         inject_experts(self.backbone, config.adapter)
+        make_padding_invariant(self.backbone)  # a clip scores the same alone and padded in a batch
         hidden_size = config.backbone_config.hidden_size
         num_states = config.backbone_config.num_hidden_layers + 1
         self.layer_sum = WeightedLayerSum(num_states) if config.use_weighted_layer_sum else None
@@ -124,12 +128,13 @@ class MoLExForAudioClassification(WaveformScoringMixin, MoLExExpertsMixin, MoLEx
         **config_kwargs,
     ) -> "MoLExForAudioClassification":
         """Build MoLEx around pretrained SSL weights (Hub id or local folder), frozen, with zero-delta experts.
+        Whisper folders / ids (`openai/whisper-base`) load only the encoder (see whisper_encoder.py).
 
         `backbone_kwargs` override the backbone config; by default SpecAugment masking is off (the paper trains
         without augmentation) and layerdrop is 0. `config_kwargs` go to `MoLExConfig`.
         """
         backbone_config = AutoConfig.from_pretrained(backbone_name_or_path)
-        backbone_config.layerdrop = 0.0
+        disable_layerdrop(backbone_config)
         if hasattr(backbone_config, "apply_spec_augment"):
             backbone_config.apply_spec_augment = False  # keeps the checkpoint's masked_spec_embed loadable
         else:
@@ -138,12 +143,12 @@ class MoLExForAudioClassification(WaveformScoringMixin, MoLExExpertsMixin, MoLEx
             if not hasattr(backbone_config, key):
                 raise ValueError(f"`backbone_kwargs` key {key!r} is not a field of {type(backbone_config).__name__}")
             setattr(backbone_config, key, value)
-        backbone = AutoModel.from_pretrained(backbone_name_or_path, config=backbone_config)
+        backbone = load_pretrained_backbone(backbone_name_or_path, backbone_config)
         adapter = MoLExAdapterConfig.from_dict(
             adapter if isinstance(adapter, dict) else (adapter or MoLExAdapterConfig()).to_dict()
         )
         adapter.base_model_name_or_path = str(backbone_name_or_path)  # on a copy: the caller's object is untouched
-        config_kwargs.setdefault("normalize_audio", _backbone_normalizes_audio(backbone_name_or_path))
+        config_kwargs.setdefault("normalize_audio", backbone_normalizes_audio(backbone_name_or_path, backbone_config))
         config = MoLExConfig(
             backbone_config=backbone.config,
             adapter=adapter,
@@ -221,7 +226,8 @@ class MoLExForAudioClassification(WaveformScoringMixin, MoLExExpertsMixin, MoLEx
             input_values, attention_mask, minimum_input_samples(self.config.backbone_config), self.config.sampling_rate
         )
         frame_mask = self._frame_mask(input_values, attention_mask)
-        with routing_scope(frame_mask, self.active_expert_mask()) as routing:
+        lengths = padded_lengths(attention_mask)
+        with routing_scope(frame_mask, self.active_expert_mask(), lengths) as routing:
             outputs = self.backbone(
                 input_values,
                 attention_mask=attention_mask,
@@ -333,11 +339,3 @@ def _align_cpu_tensors(model: nn.Module) -> None:
 
 def _is_molex_parameter(key: str) -> bool:
     return ".lora_A." in key or ".lora_B." in key or "router" in key
-
-
-def _backbone_normalizes_audio(backbone_name_or_path: str) -> bool:
-    """Follow the backbone's own feature extractor (e.g. WavLM-Large does not normalise); default True."""
-    try:
-        return bool(Wav2Vec2FeatureExtractor.from_pretrained(backbone_name_or_path).do_normalize)
-    except (OSError, ValueError):
-        return True

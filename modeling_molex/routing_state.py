@@ -24,6 +24,7 @@ class RoutingState:
 
     frame_mask: torch.Tensor | None  # (B, T) bool, True = real frame; None = no padding
     expert_mask: torch.Tensor | None = None  # (E,) bool, experts the routers may choose; None = all
+    sample_lengths: torch.Tensor | None = None  # (B,) real samples per clip when some clip is padded; else None
     records: dict[str, RouterOutput] = field(default_factory=dict)
 
 
@@ -32,9 +33,14 @@ _EXPERTS_DISABLED: ContextVar[bool] = ContextVar("molex_experts_disabled", defau
 
 
 @contextlib.contextmanager
-def routing_scope(frame_mask: torch.Tensor | None, expert_mask: torch.Tensor | None = None) -> Iterator[RoutingState]:
-    """Open a fresh routing state for the calls made inside this block (in this thread / context only)."""
-    state = RoutingState(frame_mask, expert_mask)
+def routing_scope(
+    frame_mask: torch.Tensor | None,
+    expert_mask: torch.Tensor | None = None,
+    sample_lengths: torch.Tensor | None = None,
+) -> Iterator[RoutingState]:
+    """Open a fresh routing state for the calls made inside this block (in this thread / context only).
+    `sample_lengths` lets the padding-aware backbone modules (`padding_invariance.py`) ignore the padding."""
+    state = RoutingState(frame_mask, expert_mask, sample_lengths)
     token = _CURRENT_ROUTING.set(state)
     try:
         yield state
@@ -54,6 +60,11 @@ def experts_disabled() -> Iterator[None]:
 
 def experts_are_disabled() -> bool:
     return _EXPERTS_DISABLED.get()
+
+
+def active_routing_state() -> RoutingState | None:
+    """The state of the forward pass running in this context, or None outside the model's forward."""
+    return _CURRENT_ROUTING.get()
 
 
 def current_routing_state() -> RoutingState:

@@ -337,3 +337,10 @@ class WaveformScoringMixin:
         from .pipeline_molex import MoLExAudioClassificationPipeline
 
         return MoLExAudioClassificationPipeline
+
+    @staticmethod
+    def endpoint_handler_class():
+        """The Inference Endpoints handler (`handler.py`, saved beside the remote code at the folder's root)."""
+        from .handler import EndpointHandler
+
+        return EndpointHandler

@@ -27,7 +27,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 SCRATCH = REPO / ".mutation"
-COPIED = ["modeling_molex", "training", "tests", "pyproject.toml"]
+COPIED = ["modeling_molex", "training", "tests", "space_app", "pyproject.toml"]  # the demo's tests import space_app
 
 # Core file -> the tests that pin its behaviour (most valuable first). Keep each list fast: every surviving mutant
 # of a function runs all the listed tests that reach that function.
@@ -91,6 +91,53 @@ TESTS_BY_FILE = {
         "tests/test_loop_units.py",
         "tests/test_train_loop.py::test_launches_that_would_train_silently_wrong_are_refused",
     ],
+    # ----- the user-facing files (issue 19): scoring, decoding, novelty, pipeline, Hub upload, the CLI -----
+    # Subprocess tests (fresh-process loads, the CLI as a command) run outside mutmut's reach: deselected.
+    "modeling_molex/scoring.py": [
+        "tests/test_score_waveform.py",
+        "tests/test_thread_safety.py",
+        "tests/test_score_cli.py",
+        "tests/test_evaluate_model.py",
+        "-m",
+        "not slow",
+    ],
+    "modeling_molex/audio_io.py": [
+        "tests/test_audio_io.py",
+        "tests/test_score_waveform.py",
+        "tests/test_data.py",
+        "tests/test_score_cli.py",
+        "-m",
+        "not slow",
+    ],
+    "modeling_molex/novelty.py": [
+        "tests/test_score_waveform.py::test_novelty_comes_from_the_signatures_shipped_with_the_model",
+        "tests/test_space_app.py::test_routing_novelty_finds_the_nearest_signature_on_a_0_to_1_scale",
+        "tests/test_space_app.py::test_clip_novelty_averages_window_distances_not_window_usages",
+        "tests/test_analyze_experts.py",
+        "tests/test_novelty_threshold.py",
+    ],
+    "modeling_molex/pipeline_molex.py": [
+        "tests/test_score_waveform.py",
+        "tests/test_thread_safety.py",
+        "-m",
+        "not slow",
+    ],
+    "modeling_molex/hub_upload.py": ["tests/test_push_to_hub.py", "tests/test_model_lifecycle.py"],
+    "training/score_cli.py": ["tests/test_score_cli.py", "-m", "not slow"],
+    # The data-scale tests (5,000-row corpus, seconds each) pin speed and memory, not decisions: left out.
+    "training/data/protocols.py": [
+        "tests/test_protocol_safety.py",
+        "tests/test_protocol_fields.py",
+        "tests/test_data.py",
+        "tests/test_split_leaks.py",
+        "tests/test_scored_splits.py",
+        "-m",
+        "not slow",
+    ],
+    "training/encoders/ssl_pool.py": ["tests/test_ssl_hygiene.py", "tests/test_ssl_pretraining.py", "-m", "not slow"],
+    # test_compare.py trains every row (a minute per mutant); the units pin the bookkeeping in seconds.
+    "training/compare.py": ["tests/test_compare_units.py"],
+    "training/analysis/analyze_experts.py": ["tests/test_analyze_experts.py", "tests/test_novelty_threshold.py"],
 }
 
 STATUS_BY_EMOJI = {

@@ -28,7 +28,7 @@ fi
 stamp=.venv/.molex-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   echo "[setup] installing the project into .venv (about 1-2 minutes the first time)"
-  if ! .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[training,demo,dev]" > .venv/pip-install.log 2>&1; then
+  if ! .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[training,demo,dev,whisper,corpus]" > .venv/pip-install.log 2>&1; then
     grep -v "is ignored: it is neither" .venv/pip-install.log | tail -30 >&2
     echo "[setup] pip install failed (full log: .venv/pip-install.log)" >&2
     exit 1

@@ -89,12 +89,13 @@ ASVSPOOF2019_PROTOCOLS = {
 
 
 def write_asvspoof2019_la(root: Path) -> Path:
-    """Write `root/LA/` with the three CM protocols, the flac folders and one ASV enrolment file per dev/eval."""
+    """Write `root/LA/` with the three CM protocols, the flac folders and one ASV enrolment file per dev/eval.
+    Every clip has its own seed: two splits holding the same bytes would be refused as a leak."""
     la = root / "LA"
     for seed, (split, (name, lines)) in enumerate(ASVSPOOF2019_PROTOCOLS.items()):
         write_lines(la / "ASVspoof2019_LA_cm_protocols" / name, lines)
         for i, line in enumerate(lines):
-            write_clip(la / f"ASVspoof2019_LA_{split}" / "flac" / f"{line.split()[1]}.flac", 0.3, seed=seed + i)
+            write_clip(la / f"ASVspoof2019_LA_{split}" / "flac" / f"{line.split()[1]}.flac", 0.3, seed=10 * seed + i)
         if split != "train":
             write_clip(la / f"ASVspoof2019_LA_{split}" / "flac" / f"LA_{split[0].upper()}_0000001.flac", 0.2)
     return root

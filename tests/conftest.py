@@ -13,7 +13,13 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
-from transformers import AutoConfig, AutoModel  # noqa: E402
+from transformers import (  # noqa: E402
+    AutoConfig,
+    AutoModel,
+    WhisperConfig,
+    WhisperFeatureExtractor,
+    WhisperForConditionalGeneration,
+)
 
 
 _TINY_COMMON = {
@@ -46,12 +52,36 @@ TINY_BACKBONES = {
     "hubert": {"model_type": "hubert", "num_conv_pos_embeddings": 16},
     "wavlm": {"model_type": "wavlm", "num_conv_pos_embeddings": 16, "num_buckets": 32, "max_bucket_distance": 64},
     "data2vec-audio": {"model_type": "data2vec-audio", "num_conv_pos_embeddings": 2, "conv_pos_kernel_size": 5},
+    # Whisper's encoder (the decoder is there because Whisper checkpoints have one; MoLEx ignores it). 80 mel bins
+    # as the real models; 1,500 positions (30 s) as they have, only the first T are used.
+    "whisper": {
+        "model_type": "whisper",
+        "d_model": 32,
+        "encoder_layers": 2,
+        "encoder_attention_heads": 2,
+        "encoder_ffn_dim": 64,
+        "decoder_layers": 1,
+        "decoder_attention_heads": 2,
+        "decoder_ffn_dim": 64,
+        "vocab_size": 64,
+        "max_target_positions": 16,
+        "num_mel_bins": 80,
+        "max_source_positions": 1500,
+        "pad_token_id": 0,
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+        "decoder_start_token_id": 1,
+    },
 }
 FAMILIES = list(TINY_BACKBONES)
+SSL_FAMILIES = [family for family in FAMILIES if family != "whisper"]
 
 
 def tiny_backbone_config(family: str):
     spec = dict(TINY_BACKBONES[family])
+    if spec["model_type"] == "whisper":
+        spec.pop("model_type")
+        return WhisperConfig(**spec)
     model_type = spec.pop("model_type")
     return AutoConfig.for_model(model_type, **_TINY_COMMON, **spec)
 
@@ -63,9 +93,12 @@ def tiny_backbone_dirs(tmp_path_factory) -> dict[str, str]:
     dirs = {}
     for index, family in enumerate(FAMILIES):
         torch.manual_seed(1000 + index)
-        model = AutoModel.from_config(tiny_backbone_config(family))
         path = root / family
-        model.save_pretrained(path)
+        if family == "whisper":  # laid out as the Whisper converter writes it, and as Hub Whisper repos are
+            WhisperForConditionalGeneration(tiny_backbone_config(family)).save_pretrained(path)
+            WhisperFeatureExtractor(feature_size=80).save_pretrained(path)
+        else:
+            AutoModel.from_config(tiny_backbone_config(family)).save_pretrained(path)
         dirs[family] = str(path)
     return dirs
 

@@ -115,3 +115,60 @@ def test_analysis_end_to_end_on_a_small_corpus(tmp_path):
     assert len(signatures["known"]["A01"]) == 2 * 4 and 0.0 <= signatures["threshold"] <= 1.0
     rows = (tmp_path / "analysis" / "routing_signatures_eval.tsv").read_text().splitlines()
     assert rows[0].split("\t") == ["utt_id", "attack", "codec", "novelty", "signature"] and len(rows) == 1 + 8
+
+
+# Hand-made routing per attack (2 routers x 4 experts, top-2): what the fake scorer below reports for each clip.
+ROUTING = {
+    "bonafide": [[1.0, 1.0, 0.0, 0.0], [1.0, 0.5, 0.5, 0.0]],  # alternating clips: novelty 0.125 (binary-exact)
+    "A01": [[0.0, 0.0, 1.0, 1.0]],
+    "A02": [[0.0, 1.0, 1.0, 0.0]],
+    # the unseen eval attack: far from every training centroid, or exactly at the threshold (not flagged)
+    "A04": [[1.0, 0.0, 0.0, 1.0], [1.0, 0.5, 0.5, 0.0]],
+}
+
+
+def fake_score_dataset(model, dataset, batch_size, with_usage):
+    """`score_dataset` with the routing of ROUTING instead of a model's: fast, and the expected numbers are known."""
+    from training.metrics.scoring import SplitScores
+
+    rows = sorted(zip(dataset["utt_id"], dataset["attack"], dataset["label"], strict=True))
+    seen = {attack: 0 for attack in ROUTING}
+    usage = []
+    for _, attack, _ in rows:
+        usage.append([ROUTING[attack][seen[attack] % len(ROUTING[attack])]] * 2)  # the same in both routers
+        seen[attack] += 1
+    usage, labels = np.array(usage), np.array([label for _, _, label in rows])  # (N, 2, 4), (N,)
+    return SplitScores([u for u, _, _ in rows], np.zeros(len(rows)), labels, usage, [clip[None] for clip in usage])
+
+
+def test_analysis_threshold_comes_from_the_reference_and_the_auc_says_unseen_is_more_novel(tmp_path, monkeypatch):
+    """Reference = train (bona fide, A01, A02); analysed = eval (bona fide, A01 known, A04 unseen). One A04 clip is
+    the most novel of all (0.5), the other ties the bona fide clips at the threshold (0.125): ROC AUC 10/12 (2/12 if
+    inverted), and only the first is flagged. The threshold is the reference's 95th percentile, not the analysed
+    split's (0.369)."""
+    import training.analysis.analyze_experts as analysis
+
+    monkeypatch.setattr(analysis, "score_dataset", fake_score_dataset)
+    corpus = write_synthetic_asvspoof5(tmp_path / "corpus", per_class=4)
+    saved_model(tmp_path)
+    results = analyze(str(tmp_path / "model"), str(corpus), "eval", "train", str(tmp_path / "out"))
+    novelty = results["novelty"]
+    assert novelty["threshold"] == 0.125 and novelty["mean_by_attack"]["A04"] == 0.3125
+    separation = novelty["separation"]
+    assert separation["roc_auc_unseen_vs_known"] == pytest.approx(10 / 12)
+    assert (separation["num_unseen"], separation["num_known_or_bonafide"]) == (2, 6)  # A04 | bona fide + A01
+    assert (separation["flagged_unseen"], separation["flagged_known_or_bonafide"]) == (0.5, 0.0)
+    signatures = json.loads((tmp_path / "model" / SIGNATURES_FILE).read_text())
+    assert signatures["threshold"] == novelty["threshold"] and set(signatures["known"]) == {"bonafide", "A01", "A02"}
+
+
+def test_bona_fide_clips_are_never_unseen_even_when_the_reference_has_none(tmp_path, monkeypatch):
+    import training.analysis.analyze_experts as analysis
+
+    monkeypatch.setattr(analysis, "score_dataset", fake_score_dataset)
+    corpus = write_synthetic_asvspoof5(tmp_path / "corpus", per_class=4)
+    protocol = corpus / "ASVspoof5.train.tsv"
+    protocol.write_text("".join(line + "\n" for line in protocol.read_text().splitlines() if "bonafide" not in line))
+    saved_model(tmp_path)
+    results = analyze(str(tmp_path / "model"), str(corpus), "eval", "train", str(tmp_path / "out"))
+    assert results["novelty"]["separation"]["num_unseen"] == 2  # the A04 spoofs, not the 4 bona fide clips

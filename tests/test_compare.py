@@ -38,12 +38,15 @@ def test_compare_runs_every_row_on_a_tiny_slice_and_counts_what_each_row_trains(
             experts = compare.ROWS[name][1]["num_experts"]
             assert 0.0 <= run["min_router_entropy"] <= run["router_entropy"] <= math.log(experts) + 1e-6
     params = {name: row["runs"][0]["trainable_parameters"] for name, row in rows.items()}
+    # The probe: one weight per pooled feature (mean + std of each of the 3 states of the 64-wide tiny encoder) + bias.
+    assert params["linear_probe"] == 3 * 2 * 64 + 1
     assert params["frozen_backend"] < params["molex_e4k1"] < params["molex_e8k2"] == params["molex_e8k2_no_orth"]
     # Same LoRA budget: one rank-64 expert holds as many weights as eight rank-8 ones (routers aside).
     assert abs(params["single_lora"] - params["molex_e8k2"]) < 0.02 * params["molex_e8k2"]
     assert params["full_finetune"] > params["frozen_backend"]  # + the encoder's own weights
     # Every neural row of a seed is scored on the same dev subset, and MFCC + LR on that subset too.
-    dev_ids = {name: (output / name / "seed0" / "scores").glob("*dev*") for name in rows if name != "mfcc_lr"}
+    fixed = ("mfcc_lr", "linear_probe")  # fit once on all of train, scored on each seed's subsets
+    dev_ids = {name: (output / name / "seed0" / "scores").glob("*dev*") for name in rows if name not in fixed}
     assert all(list(files) for files in dev_ids.values())
     table = (output / "table.md").read_text().splitlines()
     assert len(table) == 2 + len(compare.PAPER_ROWS) and "± 0.0" in table[2]

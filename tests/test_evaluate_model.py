@@ -1,5 +1,6 @@
 """Scoring a saved model on a corpus split (evaluate_model) and the domain-adaptation experiment."""
 
+import csv
 import json
 
 import pytest
@@ -10,6 +11,7 @@ from train_fixtures import write_synthetic_asvspoof5
 
 from modeling_molex import MoLExAdapterConfig, MoLExConfig, MoLExForAudioClassification
 from training.analysis import domain_adaptation
+from training.data.loaders import load_asvspoof5
 from training.evaluate_model import evaluate_model
 from training.metrics.score_files import read_score_file
 
@@ -66,3 +68,20 @@ def test_domain_adaptation_reports_old_and_new_domain_before_and_after(tmp_path)
     assert adapted["adapter"]["expert_packs"] == {"base": 4, "new_domain": 2}
     rows = (tmp_path / "da" / "new_domain.csv").read_text().splitlines()[1:]
     assert rows and all(",A01," not in row for row in rows)  # only bona fide and the new attack
+
+
+def test_replay_adds_old_domain_train_clips_to_the_new_train_split_only(tmp_path):
+    corpus = write_synthetic_asvspoof5(tmp_path / "corpus", per_class=6)
+    plain = domain_adaptation.write_new_domain_csv(str(corpus), ["A04"], tmp_path / "plain.csv")
+    sizes = domain_adaptation.write_new_domain_csv(str(corpus), ["A04"], tmp_path / "replay.csv", replay=5, seed=3)
+    assert sizes["replay"] == 5 and sizes["train"] == plain["train"] and sizes["eval"] == plain["eval"]
+    with open(tmp_path / "replay.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    replayed = [row for row in rows if row["utt_id"].startswith("T_")]
+    assert len(replayed) == 5 and {row["split"] for row in replayed} == {"train"}
+    old_train = load_asvspoof5(str(corpus), splits=["train"])["train"]
+    assert {row["utt_id"] for row in replayed} <= set(old_train["utt_id"])
+    again = domain_adaptation.write_new_domain_csv(str(corpus), ["A04"], tmp_path / "again.csv", replay=5, seed=3)
+    assert again == sizes and (tmp_path / "again.csv").read_text() == (tmp_path / "replay.csv").read_text()
+    with pytest.raises(ValueError, match="`replay` asks for 999 old-domain clips"):
+        domain_adaptation.write_new_domain_csv(str(corpus), ["A04"], tmp_path / "x.csv", replay=999)

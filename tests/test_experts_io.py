@@ -50,7 +50,7 @@ def test_adapter_config_round_trips_peft_style(tmp_path):
     assert MoLExAdapterConfig.from_dict(adapter.to_dict()) == adapter
 
 
-@pytest.mark.parametrize("family", ["wav2vec2", "hubert", "wavlm"])
+@pytest.mark.parametrize("family", ["wav2vec2", "hubert", "wavlm", "whisper"])  # Whisper: onto a WhisperModel
 def test_one_expert_folder_loads_with_plain_peft_and_reproduces_its_delta(family, tiny_backbone_dirs, tmp_path):
     model = MoLExForAudioClassification.from_backbone(
         tiny_backbone_dirs[family], adapter=MoLExAdapterConfig(num_experts=4, top_k=2, r=4)

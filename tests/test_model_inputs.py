@@ -4,7 +4,7 @@ right-padding, finite float audio in the obvious shapes; everything else is a cl
 import numpy as np
 import pytest
 import torch
-from conftest import random_audio, randomize_experts, tiny_backbone_config
+from conftest import FAMILIES, random_audio, randomize_experts, tiny_backbone_config
 from safetensors.torch import load_file, save_file
 
 from modeling_molex import MoLExAdapterConfig, MoLExConfig, MoLExForAudioClassification
@@ -44,16 +44,35 @@ def test_minimum_length_is_one_frame_of_the_feature_encoder():
     assert minimum_input_samples(MoLExConfig().backbone_config) == 400  # wav2vec2 / XLS-R: 25 ms at 16 kHz
 
 
-@pytest.mark.parametrize("length", [20, 21, 57, 803])
-def test_a_clip_scores_the_same_alone_and_in_any_batch(length):
-    """XLS-R-style backbone (layer-norm feature encoder). Group-norm encoders (wav2vec2-base, HuBERT, WavLM) normalise
-    over padding and data2vec-audio's stacked positional convolutions read it: there padding shifts scores by the
-    backbone's own design, which is why their checkpoints are meant to be scored one clip at a time."""
-    model = build("wav2vec2-xlsr")
+# Every backbone family (conftest.FAMILIES) and what would make its padded batch differ from the clip alone. Add a
+# row with each new family: the test below refuses to run without one.
+PADDING_LEAKS = {
+    "wav2vec2": "group norm over time in the first conv layer (wav2vec2-base style, feat_extract_norm='group')",
+    "wav2vec2-xlsr": "none: layer-norm feature encoder (XLS-R style), every frame normalised on its own",
+    "hubert": "group norm over time in the first conv layer (HuBERT-base style)",
+    "wavlm": "group norm over time in the first conv layer (WavLM-base style)",
+    "data2vec-audio": "its stacked positional convolutions read the padded frames between layers",
+    "whisper": "the log-mel clamp at the clip's max - 8, centre padding and both convolutions see padded samples",
+}
+
+
+def test_every_backbone_family_has_a_batch_invariance_row():
+    assert set(PADDING_LEAKS) == set(FAMILIES)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("extra", [0, 1, 37, 783])
+def test_a_clip_scores_the_same_alone_and_in_any_batch(family, extra):
+    """The feature encoder's group norm and data2vec-audio's positional convolutions see each clip's own samples and
+    frames only (`padding_invariance.py`), so padding never shifts a score, whatever the family."""
+    assert family in PADDING_LEAKS, f"add {family!r} to PADDING_LEAKS"
+    model = build(family)
+    shortest = minimum_input_samples(model.config.backbone_config)  # 20 samples here, 201 for Whisper
+    length = shortest + extra
     clip = random_audio(1, length, seed=length)[0]
     alone = scores(model, clip.unsqueeze(0))[0]
-    for mates in ([25], [4000], [20, 1500, 333]):
-        clips = [random_audio(1, n, seed=n + 1)[0] for n in mates]
+    for mates in ([shortest + 5], [4000], [shortest, 1500, 333]):
+        clips = [random_audio(1, n, seed=n + 1)[0] * 3 for n in mates]
         for position in (0, len(clips)):
             batch, mask = padded_batch([*clips[:position], clip, *clips[position:]])
             in_batch = scores(model, batch, mask)[position]

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import FAMILIES, random_audio, randomize_experts, tiny_backbone_config
+from conftest import FAMILIES, SSL_FAMILIES, random_audio, randomize_experts, tiny_backbone_config
 from transformers import AutoConfig, AutoModel
 
 from modeling_molex import MoLExAdapterConfig, MoLExConfig, MoLExForAudioClassification
@@ -11,6 +11,14 @@ from modeling_molex.routing_state import routing_scope
 
 
 SIX_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "out_proj", "intermediate_dense", "output_dense"]
+WHISPER_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"]  # k_proj has no bias in Whisper
+FAMILY_TARGETS = [
+    (family, target)
+    for family in FAMILIES
+    for target in (WHISPER_PROJECTIONS if family == "whisper" else SIX_PROJECTIONS)
+]
+# The frozen layer below the transformer blocks whose output must not build a graph in training.
+FRONT_END = {"whisper": "encoder.conv2"}
 
 
 def build(family: str, **adapter_kwargs) -> MoLExForAudioClassification:
@@ -19,7 +27,7 @@ def build(family: str, **adapter_kwargs) -> MoLExForAudioClassification:
     return MoLExForAudioClassification(MoLExConfig(backbone_config=tiny_backbone_config(family), adapter=adapter))
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", SSL_FAMILIES)  # Whisper: tests/test_whisper_backbone.py
 def test_identity_at_init_equals_frozen_backbone(family, tiny_backbone_dirs):
     model = MoLExForAudioClassification.from_backbone(
         tiny_backbone_dirs[family], adapter=MoLExAdapterConfig(num_experts=4, top_k=2, r=4)
@@ -50,8 +58,7 @@ def test_backbone_frozen_only_experts_routers_head_train(family):
     assert counts["trainable"] < counts["all"]
 
 
-@pytest.mark.parametrize("family", FAMILIES)
-@pytest.mark.parametrize("target", SIX_PROJECTIONS)
+@pytest.mark.parametrize(("family", "target"), FAMILY_TARGETS)
 def test_each_target_module_really_changes_the_output(family, target):
     """Catches wrappers that the backbone bypasses (transformers' WavLM attention reads raw .weight)."""
     model = build(family, target_modules=[target]).eval()
@@ -172,8 +179,9 @@ def test_detection_score_convention_and_calibration():
     assert model.config.id2label == {0: "spoof", 1: "bonafide"}
 
 
-def test_gradient_checkpointing_gives_the_same_gradients():
-    model = build("wav2vec2", top_k=4).train()
+@pytest.mark.parametrize("family", ["wav2vec2", "whisper"])  # Whisper: its blocks are called by our wrapper
+def test_gradient_checkpointing_gives_the_same_gradients(family):
+    model = build(family, top_k=4).train()
     randomize_experts(model)
     audio, labels = random_audio(), torch.tensor([0, 1])
     torch.manual_seed(0)  # same dropout masks in both runs
@@ -193,7 +201,7 @@ def test_no_graph_below_the_transformer_in_training(family):
     training unless it is frozen with `_freeze_parameters`), or training stores and backpropagates it for nothing."""
     model = build(family).train()
     captured = {}
-    model.backbone.feature_extractor.register_forward_hook(
+    model.backbone.get_submodule(FRONT_END.get(family, "feature_extractor")).register_forward_hook(
         lambda m, i, o: captured.update(requires_grad=o.requires_grad)
     )
     model(random_audio(), labels=torch.tensor([0, 1])).loss.backward()

@@ -91,9 +91,16 @@ def test_same_file_in_two_csv_splits_is_an_error(tmp_path):
 
 @pytest.mark.parametrize(
     "utt_id",
-    ["../flac_D/D_0000000001", "../../etc/passwd", "/etc/passwd", "sub/../../flac_D/D_0000000001"],
+    [
+        "../flac_D/D_0000000001",
+        "../../etc/passwd",
+        "/etc/passwd",
+        "sub/../../flac_D/D_0000000001",
+        "../flac_T_extra/T_0000000099",  # a sibling folder whose name starts with the split folder's
+    ],
 )
 def test_asvspoof5_utterance_outside_the_split_folder_is_refused(tmp_path, utt_id):
+    write_clip(tmp_path / "flac_T_extra" / "T_0000000099.flac", 0.2)
     write_asvspoof5(tmp_path, protocols={"train": (T5, [GOOD5, f"T_4850 {utt_id} F - - - AC3 A05 spoof -"])})
     with pytest.raises(ProtocolError, match=rf"{T5}:2: .*outside the split's audio folder .*flac_T"):
         load_asvspoof5(tmp_path, splits=("train",))
@@ -120,10 +127,11 @@ def test_in_the_wild_file_outside_its_folder_is_refused(tmp_path):
         load_in_the_wild(tmp_path / "itw")
 
 
-def test_csv_relative_path_climbing_out_of_the_audio_root_is_refused(tmp_path):
-    write_clip(tmp_path / "other" / "b.wav", 0.2)
+@pytest.mark.parametrize("folder", ["other", "clips_extra"])  # clips_extra/ shares the audio root's prefix
+def test_csv_relative_path_climbing_out_of_the_audio_root_is_refused(tmp_path, folder):
+    write_clip(tmp_path / folder / "b.wav", 0.2)
     write_clip(tmp_path / "clips" / "a.wav", 0.2)
-    write_lines(tmp_path / "clips" / "list.csv", ["path,label", "a.wav,1", "../other/b.wav,0"])
+    write_lines(tmp_path / "clips" / "list.csv", ["path,label", "a.wav,1", f"../{folder}/b.wav,0"])
     with pytest.raises(ProtocolError, match=r"list\.csv:3: .*outside the split's audio folder"):
         load_csv_dataset(tmp_path / "clips" / "list.csv")
 

@@ -47,7 +47,7 @@ FRESH_PROCESS_SCRIPT = textwrap.dedent(
 @pytest.mark.slow
 def test_remote_code_loads_in_a_fresh_process_with_identical_logits(tmp_path):
     folders = []
-    for family in ("wav2vec2", "hubert", "wavlm"):
+    for family in ("wav2vec2", "hubert", "wavlm", "whisper"):
         torch.manual_seed(0)
         config = MoLExConfig(
             backbone_config=tiny_backbone_config(family), adapter=MoLExAdapterConfig(num_experts=4, top_k=2, r=4)

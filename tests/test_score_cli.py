@@ -10,12 +10,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-import torch
-from conftest import randomize_experts, run_in_fresh_process, tiny_backbone_config
+from conftest import run_in_fresh_process
+from score_fixtures import TSV_HEADER, save_cli_model, tone
 
-from modeling_molex import MoLExAdapterConfig, MoLExConfig, MoLExForAudioClassification
+from modeling_molex import MoLExForAudioClassification
 from training.metrics.score_files import read_score_file
-from training.score_cli import COLUMNS, main
+from training.score_cli import main
+
+
+COLUMNS = TSV_HEADER.split("\t")
 
 
 SPACE_DIR = Path(__file__).resolve().parent.parent / "space_app"
@@ -23,26 +26,7 @@ SPACE_DIR = Path(__file__).resolve().parent.parent / "space_app"
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    config = MoLExConfig(
-        backbone_config=tiny_backbone_config("wav2vec2"),
-        adapter=MoLExAdapterConfig(num_experts=4, top_k=2, r=4),
-        crop_samples=8_000,
-        calibration={"scale": 1.5, "bias": 0.25},
-    )
-    model = MoLExForAudioClassification(config)
-    randomize_experts(model, std=0.5, seed=2)
-    with torch.no_grad():
-        model.classifier.out_proj.weight.mul_(100.0)
-    folder = tmp_path_factory.mktemp("cli_model") / "model"
-    model.save_pretrained(folder)
-    return folder
-
-
-def tone(seconds: float, rate: int, seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    t = np.arange(int(seconds * rate)) / rate
-    return 0.3 * np.sin(2 * np.pi * (150 + 30 * seed) * t) + 0.05 * rng.standard_normal(t.size)
+    return save_cli_model(tmp_path_factory.mktemp("cli_model") / "model")
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +58,7 @@ def corpus(tmp_path_factory) -> dict[str, Path]:
 
 def read_rows(path: Path) -> list[dict[str, str]]:
     lines = path.read_text().splitlines()
-    assert tuple(lines[0].split("\t")) == COLUMNS
+    assert lines[0] == TSV_HEADER
     return [dict(zip(COLUMNS, line.split("\t"), strict=True)) for line in lines[1:]]
 
 
@@ -128,8 +112,9 @@ def test_usage_errors(model_dir, corpus, tmp_path):
             [str(corpus["a"]), str(twin), "--model", str(model_dir), "--output", str(tmp_path / "o.tsv"), "--official"]
         )  # fmt: skip  (two trials named "a")
     (tmp_path / "foreign.tsv").write_text("id\tvalue\nx\t1\n")
-    with pytest.raises(SystemExit):
-        main([str(corpus["a"]), "--model", str(model_dir), "--output", str(tmp_path / "foreign.tsv"), "--resume"])
+    assert (
+        main([str(corpus["a"]), "--model", str(model_dir), "--output", str(tmp_path / "foreign.tsv"), "--resume"]) == 2
+    )
     assert (tmp_path / "foreign.tsv").read_text() == "id\tvalue\nx\t1\n"  # a file we did not write is untouched
 
 

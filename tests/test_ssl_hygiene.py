@@ -11,6 +11,7 @@ from training.encoders.ssl_pool import (
     PoolClip,
     PoolHygieneError,
     check_pool_hygiene,
+    held_out_keys,
     plan_extra_clips,
 )
 
@@ -57,3 +58,37 @@ def test_hygiene_check_refuses_dev_keys_held_out_attacks_and_foreign_voices(tmp_
         check_pool_hygiene([_clip(train_key, "A10", "slt_hts")], corpus)
     with pytest.raises(PoolHygieneError, match="'m2' is not one of A01"):  # A07's voice, an eval attack
         check_pool_hygiene([_clip(train_key, "A01", "m2")], corpus)
+
+
+def _metadata(corpus, rows: list[tuple[str, str, str]]):
+    """A provenance file with (file, split, prompt_key) rows (the other columns as the corpus writes them)."""
+    corpus.mkdir(parents=True, exist_ok=True)
+    header = "file\tsplit\tattack\tvariant\tlang\tprompt_key\tsource\ttext\tcodec\tcodec_q\tenrolment\n"
+    lines = [f"{file}\t{split}\tbonafide\t-\ten\t{key}\t-\t-\t-\t-\tfalse\n" for file, split, key in rows]
+    (corpus / "mini_corpus.metadata.tsv").write_text(header + "".join(lines))
+    return corpus
+
+
+def test_held_out_keys_are_the_prompt_keys_of_dev_and_eval_rows(tmp_path):
+    train, dev, evaluation = keys_of_split("train", 3)
+    corpus = _metadata(tmp_path, [("T_1", "train", train), ("D_1", "dev", dev), ("E_1", "eval", evaluation)])
+    assert held_out_keys(corpus) == {dev, evaluation}
+
+
+def test_a_key_the_corpus_holds_out_is_refused_even_when_its_hash_says_train(tmp_path):
+    """The corpus's own split wins: a corpus built with other split bounds (or a reused key) held this key out."""
+    kept, held = keys_of_split("train", 2)
+    for split in ("dev", "eval"):
+        corpus = _metadata(tmp_path / split, [("X_1", split, held)])
+        check_pool_hygiene([_clip(kept)], corpus)
+        with pytest.raises(PoolHygieneError, match=rf"prompt key '{held}' belongs to dev/eval"):
+            check_pool_hygiene([_clip(kept), _clip(held)], corpus)
+
+
+@pytest.mark.parametrize("split", ["dev", "eval"])
+def test_a_dev_or_eval_key_is_refused_even_when_the_corpus_does_not_list_it(tmp_path, split):
+    """The hash rule wins too: a held-out key that no rendered corpus clip happens to use is still held out."""
+    corpus = _metadata(tmp_path, [])
+    key = keys_of_split(split, 1)[0]
+    with pytest.raises(PoolHygieneError, match=rf"prompt key '{key}' belongs to dev/eval"):
+        check_pool_hygiene([_clip(key)], corpus)

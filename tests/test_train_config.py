@@ -41,3 +41,15 @@ def test_backbone_dropout_reaches_every_dropout_field_of_the_backbone(tmp_path):
         assert getattr(backbone, name) == 0.0, name
     with pytest.raises(ValueError, match="`backbone_dropout`"):
         TrainConfig(**common, backbone_dropout=1.5)
+
+
+def test_a_whisper_backbone_trains_with_its_own_targets_and_frame_rule(tmp_path, tiny_backbone_dirs):
+    """Unset `target_modules` means the family's six projections; Whisper's shortest input is 201 samples."""
+    accelerator = Accelerator(cpu=True)
+    common = {"data_root": "/x", "output_dir": str(tmp_path), "num_experts": 2, "rank": 2, "head_hidden_size": 8}
+    common["backbone"] = tiny_backbone_dirs["whisper"]
+    with pytest.raises(ValueError, match=r"`crop_samples` \(200\) is shorter than one frame .* 201 samples"):
+        build_model(TrainConfig(**common, crop_samples=200), accelerator)
+    model = build_model(TrainConfig(**common, crop_samples=32_000), accelerator)
+    assert model.config.adapter.target_modules == ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"]
+    assert not model.config.normalize_audio and len(model.expert_layers()) == 12

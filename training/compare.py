@@ -3,7 +3,9 @@
     python -m training.compare [--config configs/tiny.yaml] [--seeds 0 1 2] [--max_steps 120] \\
         [--output_dir outputs/compare] [--corpus_dir DIR] [--rows molex_e8k2 single_lora ...]
 
-Rows: MFCC + LR; the frozen encoder with only the back-end; a single LoRA with MoLEx E=8, k=2's trainable budget
+Rows: MFCC + LR; the frozen encoder's linear probe (utterance mean + std of every layer, concatenated, logistic
+regression with L2 100, `training.encoders.linear_probe`, fit on all of train); the frozen encoder with only the
+back-end; a single LoRA with MoLEx E=8, k=2's trainable budget
 (rank E x r, one expert); MoLEx E=8, k=2 with and without the orthogonality loss; MoLEx E=4, k=1; full fine-tuning
 of the encoder (experts kept at zero). Every neural row runs `training.train` (the one training path) with the same
 crops, batch, steps and seeds; only the row's overrides differ. Dev and eval are seeded subsets (`--max_eval_samples`,
@@ -26,9 +28,12 @@ from modeling_molex import MoLExForAudioClassification
 from training import train
 from training.analysis.analyze_experts import router_balance
 from training.baselines.mfcc import fit_and_score
+from training.data.loaders import audio_paths, load_asvspoof5
+from training.encoders import linear_probe
+from training.encoders.tiny_random import build_tiny_backbone
 from training.metrics.asvspoof_metrics import compute_metrics
 from training.metrics.scoring import score_dataset
-from training.trainer.config import TrainConfig, load_yaml_config, parse_train_config
+from training.trainer.config import TINY_RANDOM_BACKBONE, TrainConfig, load_yaml_config, parse_train_config
 from training.trainer.run_setup import build_model, load_corpus
 
 
@@ -36,6 +41,7 @@ from training.trainer.run_setup import build_model, load_corpus
 PAPER_ROUTING = {"router_expert_dropout": 0.0, "router_noise_std": 0.0, "load_balance_coef": 0.01}
 ROWS = {
     "mfcc_lr": ("MFCC + LR", None),
+    "linear_probe": ("frozen encoder, linear probe (all layers' mean + std, LR)", None),
     "frozen_backend": ("frozen encoder, back-end only", {"trainable": "head"}),
     "single_lora": ("single LoRA, MoLEx E8 k2 budget", {"num_experts": 1, "top_k": 1, "rank": 64}),
     "molex_e8k2": ("MoLEx E=8, k=2", {**PAPER_ROUTING, "num_experts": 8, "top_k": 2, "rank": 8}),
@@ -52,7 +58,7 @@ ROWS = {
                                                                          "top_k": 2, "rank": 8,
                                                                          "router_expert_dropout": 0.25}),
 }  # fmt: skip
-PAPER_ROWS = ["mfcc_lr", "frozen_backend", "single_lora", "molex_e8k2", "molex_e8k2_no_orth", "molex_e4k1",
+PAPER_ROWS = ["mfcc_lr", "linear_probe", "frozen_backend", "single_lora", "molex_e8k2", "molex_e8k2_no_orth", "molex_e4k1",
               "full_finetune"]  # fmt: skip
 # train_seconds: the whole run, training + scoring
 # router_entropy: the mean over blocks of the load entropy on the eval subset (nats; ln E when all experts are equally
@@ -91,16 +97,28 @@ def router_entropies(config: TrainConfig, model_dir: Path) -> dict:
     adapter = model.config.adapter
     dataset = load_corpus(config)[config.eval_split or config.dev_split]
     scored = score_dataset(model, dataset, config.eval_batch_size, with_usage=True)
-    entropies = [
-        b["entropy_nats"] for b in router_balance(scored.expert_usage, model.router_names, adapter.top_k).values()
-    ]
+    return entropy_columns(router_balance(scored.expert_usage, model.router_names, adapter.top_k))
+
+
+def entropy_columns(balance: dict[str, dict]) -> dict:
+    """The table's two entropy columns from `router_balance`: the mean over blocks and the most collapsed block's."""
+    entropies = [block["entropy_nats"] for block in balance.values()]
     return {"router_entropy": statistics.fmean(entropies), "min_router_entropy": min(entropies)}
 
 
-def run_neural(row: str, seed: int, base_argv: list[str], output_dir: Path) -> dict:
+def row_overrides(row: str, learning_rate: float, full_finetune_lr_scale: float) -> dict | None:
+    """The row's training overrides; full fine-tuning also scales the config's learning rate (a copy: `ROWS` stays
+    as declared, so a second `main` in one process starts from the same rows)."""
+    overrides = ROWS[row][1]
+    if row == "full_finetune":
+        overrides = {**overrides, "learning_rate": learning_rate * full_finetune_lr_scale}
+    return overrides
+
+
+def run_neural(row: str, seed: int, base_argv: list[str], output_dir: Path, overrides: dict) -> dict:
     argv = [
         *base_argv,
-        *_argv(ROWS[row][1]),
+        *_argv(overrides),
         "--seed",
         str(seed),
         "--output_dir",
@@ -141,8 +159,33 @@ def mfcc_lr_scores(corpus_dir: str, known_attacks: list[str]) -> dict:
     }
 
 
+PROBE_POOLING, PROBE_L2 = "layer_concat", 100.0
+
+
+def linear_probe_scores(backbone: str, corpus_dir: str, known_attacks: list[str], output_dir: Path) -> dict:
+    """The frozen encoder's linear probe, fit on all of train; scores per utterance id (as `mfcc_lr_scores`)."""
+    started = time.time()
+    if backbone == TINY_RANDOM_BACKBONE:  # what train.py builds for it, once, here
+        backbone = build_tiny_backbone(str(output_dir / "linear_probe" / "tiny_backbone"), seed=0)
+    encoder = linear_probe.load_encoder(backbone, random_init=False)
+    data = load_asvspoof5(corpus_dir, splits=("train", "dev", "eval"))
+    features = {split: linear_probe.embed(encoder, audio_paths(data[split]))[PROBE_POOLING] for split in data}
+    all_scores = linear_probe.fit_probe(features, np.asarray(data["train"]["label"]), PROBE_L2)
+    scores = {
+        split: dict(zip(data[split]["utt_id"], all_scores[split].tolist(), strict=True)) for split in ("dev", "eval")
+    }
+    trained_on = set(data["train"]["attack"]) - {"bonafide"}
+    return {
+        **scores,
+        "known_attacks": sorted(trained_on | set(known_attacks)),
+        "parameters": features["train"].shape[1] + 1,
+        "seconds": round(time.time() - started, 1),
+    }
+
+
 def run_mfcc(seed: int, base_argv: list[str], mfcc_scores: dict) -> dict:
-    """MFCC + LR (deterministic) scored on the seed's dev / eval subsets, the ones the neural rows saw."""
+    """A fixed scorer fit on all of train (MFCC + LR, the linear probe: deterministic) scored on the seed's dev /
+    eval subsets, the ones the neural rows saw."""
     config = parse_train_config([*base_argv, "--seed", str(seed)])
     corpus = load_corpus(config)
     known = set(mfcc_scores["known_attacks"])
@@ -246,22 +289,27 @@ def main(argv: list[str] | None = None) -> dict:
     base |= {"batch_size": args.batch_size, "max_eval_samples": args.max_eval_samples, "eval_every_steps": 0}
     base |= {"early_stopping_patience": 0, "log_with": "none", "save_total_limit": 1, "calibrate": False}
     base_argv = ["--config", args.config, *_argv(base), *args.train_args]
-    ROWS["full_finetune"][1]["learning_rate"] = config.get("learning_rate", 1e-4) * args.full_finetune_lr_scale
     results: dict = {"settings": {**base, "config": args.config, "seeds": args.seeds}, "rows": {}}
     known = list(config.get("known_attacks") or [])
-    mfcc_scores = mfcc_lr_scores(corpus_dir, known) if "mfcc_lr" in args.rows else None
+    fixed_scores = {}
+    if "mfcc_lr" in args.rows:
+        fixed_scores["mfcc_lr"] = mfcc_lr_scores(corpus_dir, known)
+    if "linear_probe" in args.rows:
+        backbone = parse_train_config(base_argv).backbone
+        fixed_scores["linear_probe"] = linear_probe_scores(backbone, corpus_dir, known, output_dir)
     for row in args.rows:
+        overrides = row_overrides(row, config.get("learning_rate", 1e-4), args.full_finetune_lr_scale)
         runs = []
         for seed in args.seeds:
-            if row == "mfcc_lr":
-                run = run_mfcc(seed, base_argv, mfcc_scores)
+            if row in fixed_scores:
+                run = run_mfcc(seed, base_argv, fixed_scores[row])
             else:
-                run = run_neural(row, seed, base_argv, output_dir)
+                run = run_neural(row, seed, base_argv, output_dir, overrides)
             runs.append({"seed": seed, **run})
             print(f"[compare] {row} seed {seed}: {json.dumps(run)}", flush=True)
         results["rows"][row] = {
             "label": ROWS[row][0],
-            "overrides": ROWS[row][1],
+            "overrides": overrides,
             "runs": runs,
             "summary": summarise(runs),
         }

@@ -8,7 +8,6 @@ Each generator returns ``(wave float64 in [-1, 1], sampling_rate)``; text-to-spe
 copy-synthesis ones get a real recording. All randomness comes from the ``rng`` they are given.
 """
 
-import subprocess
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,7 +18,8 @@ import soundfile as sf
 from scipy.signal import istft, resample_poly, stft
 from transformers.audio_utils import mel_filter_bank
 
-from training.corpus.sources import missing_package, require_tool
+from training.corpus.neural_tts import PIPER_PINS, require_piper
+from training.corpus.sources import missing_package, require_tool, run_tool
 
 
 @dataclass(frozen=True)
@@ -28,10 +28,11 @@ class Attack:
     split: str
     family: str  # "TTS" (speaks a transcript) or "vocoder" (copy-synthesis of a real recording)
     variants: tuple[str, ...]  # voices / settings, one drawn per clip
-    tool: str  # executable that must exist ("" = numpy/scipy only)
-    package: str  # Debian package that ships it
+    tool: str  # executable that must exist ("" = numpy/scipy only; "piper" = the PyPI engine, run as a process)
+    package: str  # Debian package that ships it ("" = none)
     method: str
     known_as: str | None = None  # eval only: the training label that uses the same method ("known" attack)
+    pypi: tuple[str, ...] = ()  # pinned PyPI requirements of a tool that Debian does not ship
 
     @property
     def kind(self) -> str:
@@ -39,8 +40,8 @@ class Attack:
 
     @property
     def english_only(self) -> bool:
-        """flite and festival have English voices only; espeak-ng speaks every prompt language."""
-        return self.tool in ("flite", "text2wave")
+        """flite, festival and the Piper voice are English only; espeak-ng speaks every prompt language."""
+        return self.tool in ("flite", "text2wave", "piper")
 
     @property
     def attack_tag(self) -> str:
@@ -65,6 +66,11 @@ ATTACKS = (
     Attack("A10", "eval", "TTS", ("slt_hts",), "text2wave", "festvox-us-slt-hts", "festival HTS slt (HMM synthesis)"),
     Attack("A11", "eval", "vocoder", ("mlsa",), "mlsadf", "sptk", "SPTK mel-cepstrum + pitch, MLSA filter"),
     Attack("A12", "eval", "vocoder", ("700C",), "c2enc", "codec2", "codec2 700C bit/s"),
+    # Neural TTS, appended so that A01-A12 keep their meaning: A14 is to A13 what A09 is to A04 (same method and
+    # voice, held-out prompts). See training/corpus/neural_tts.py for how it runs and what is (not) deterministic.
+    Attack("A13", "train", "TTS", ("joe",), "piper", "", "Piper VITS neural TTS, en_US-joe-medium", pypi=PIPER_PINS),
+    Attack("A14", "eval", "TTS", ("joe",), "piper", "", "Piper VITS neural TTS, en_US-joe-medium", known_as="A13",
+           pypi=PIPER_PINS),
 )
 # fmt: on
 ATTACK_BY_LABEL = {attack.label: attack for attack in ATTACKS}
@@ -78,15 +84,6 @@ FESTIVAL_VOICE_DIRS = {
     "ked": "/usr/share/festival/voices/english/ked_diphone",
     "slt_hts": "/usr/share/festival/voices/us/cmu_us_slt_arctic_hts",
 }
-
-
-def run_tool(command: list[str], what: str, stdin: bytes | None = None) -> bytes:
-    """Run a synthesis tool; a failure raises with the command and its stderr, never yields silence."""
-    result = subprocess.run(command, input=stdin, capture_output=True, check=False)
-    if result.returncode != 0:
-        message = result.stderr.decode(errors="replace").strip()[-500:]
-        raise RuntimeError(f"{what} failed (exit {result.returncode}): {' '.join(command)}\n{message}")
-    return result.stdout
 
 
 def read_wav(path: Path, what: str) -> tuple[np.ndarray, int]:
@@ -225,6 +222,11 @@ def synthesize(
 ) -> tuple[np.ndarray, int]:
     """Run ``attack`` with one of its variants on a transcript (TTS) or a recording path (copy-synthesis)."""
     if attack.kind == "tts":
+        if attack.tool == "piper":
+            raise ValueError(
+                f"attack {attack.label} (Piper) is synthesised in one batch process before rendering "
+                "(training.corpus.neural_tts.synthesize_batch), not clip by clip"
+            )
         if attack.tool == "espeak-ng":
             return espeak(text, lang, variant, rng)
         return flite(text, variant) if attack.tool == "flite" else festival(text, variant)
@@ -242,7 +244,9 @@ def synthesize(
 def check_tools(attacks: tuple[Attack, ...] = ATTACKS) -> None:
     """Fail before generating anything if a tool or voice of the chosen attacks is missing."""
     for attack in attacks:
-        if attack.tool:
+        if attack.pypi:
+            require_piper(f"attack {attack.label} ({attack.method})")
+        elif attack.tool:
             require_tool(attack.tool, attack.package, f"attack {attack.label} ({attack.method})")
         if attack.tool == "text2wave":
             for voice in attack.variants:

@@ -25,6 +25,14 @@ from scipy.signal import butter, resample_poly, sosfiltfilt
 from tqdm import tqdm
 
 from training.corpus.attacks import ATTACK_BY_LABEL, ATTACKS, check_tools, read_wav, run_tool, synthesize, to_8k
+from training.corpus.neural_tts import (
+    copy_voice_card,
+    draw_settings,
+    licence_section,
+    read_samples,
+    readme_section,
+    synthesize_batch,
+)
 from training.corpus.sources import (
     SOUNDS_ROOT,
     SPLITS,
@@ -72,6 +80,7 @@ class Clip:
     codec: str = "-"
     codec_q: str = "-"
     codec_seed: str = "-"
+    settings: tuple[tuple[str, float], ...] = ()  # per-clip synthesis settings drawn by the plan (Piper)
     enrolment: bool = False  # written to flac_D / flac_E_eval but left out of the protocol, like the real release
 
     def protocol_line(self) -> str:
@@ -98,6 +107,7 @@ class Group:
 
     clip: Clip
     coded: list[Clip] = field(default_factory=list)
+    synthesized: tuple[str, int] | None = None  # (raw float32 file, rate) of a clip synthesised before rendering
 
 
 # ---------------------------------------------------------------- the channel every clip goes through
@@ -165,6 +175,8 @@ def render(group: Group, out_dir: Path) -> list[tuple[str, float]]:
     try:
         if clip.attack == "bonafide":
             wave, rate = read_wav(Path(clip.source), "bona fide source")
+        elif group.synthesized:
+            wave, rate = read_samples(Path(group.synthesized[0])), group.synthesized[1]
         else:
             attack = ATTACK_BY_LABEL[clip.attack]
             wave, rate = synthesize(attack, clip.variant, rng, clip.text, clip.lang, clip.source)
@@ -207,24 +219,30 @@ def plan_split(split: str, sizes: dict, recordings: list[Recording], prompts: li
     def clip(voice: str, attack: str, **fields) -> Clip:
         return Clip(split, f"{prefix}_{speaker_number(voice):04d}", voice_gender(voice), attack, 0, **fields)
 
-    clips = [clip(r.recording_set.voice, "bonafide", source=r.path, key=r.key) for r in pool.take(sizes["bonafide"])]
+    def recorded(r: Recording, attack: str, **fields) -> Clip:
+        """A clip made from a real recording (bona fide or copy-synthesis): its speaker, key and language."""
+        return clip(r.recording_set.voice, attack, source=r.path, key=r.key, lang=r.recording_set.lang, **fields)
+
+    clips = [recorded(r, "bonafide") for r in pool.take(sizes["bonafide"])]
     enrolment = [
-        clip(r.recording_set.voice, "bonafide", source=r.path, key=r.key, enrolment=True)
-        for r in pool.take(sizes["enrolment"] if split != "train" else 0)
+        recorded(r, "bonafide", enrolment=True) for r in pool.take(sizes["enrolment"] if split != "train" else 0)
     ]
     reused_texts = 0
     for attack in (a for a in ATTACKS if a.split == split):
         if attack.kind == "copy":
-            for r in pool.take(sizes["per_attack"]):
-                variant = str(rng.choice(attack.variants))
-                clips.append(clip(r.recording_set.voice, attack.label, source=r.path, key=r.key, variant=variant))
+            clips += [
+                recorded(r, attack.label, variant=str(rng.choice(attack.variants)))
+                for r in pool.take(sizes["per_attack"])
+            ]
             continue
         usable = [p for p in texts if p.lang == "en" or not attack.english_only]
         reused_texts += max(0, sizes["per_attack"] - len(usable))  # the same text again, in another voice
         for i in range(sizes["per_attack"]):
             p, variant = usable[i % len(usable)], str(rng.choice(attack.variants))
+            settings = draw_settings(rng) if attack.tool == "piper" else ()
             # The spoof targets the speaker who recorded prompts in that language (it claims to be them).
-            clips.append(clip(home_voice(p.lang), attack.label, key=p.key, text=p.text, lang=p.lang, variant=variant))
+            fields = {"key": p.key, "text": p.text, "lang": p.lang, "variant": variant, "settings": settings}
+            clips.append(clip(home_voice(p.lang), attack.label, **fields))
     return clips + enrolment, {"recordings": pool.reused, "texts": reused_texts}
 
 
@@ -265,6 +283,16 @@ def plan(sizes: dict, coded_fraction: float, seed: int) -> tuple[list[Group], di
     return groups, reused
 
 
+def synthesize_neural(groups: list[Group], work_dir: Path, seed: int) -> int:
+    """Synthesise every Piper clip in one process, in plan order (see neural_tts); returns how many there were."""
+    piper = [g for g in groups if getattr(ATTACK_BY_LABEL.get(g.clip.attack), "tool", "") == "piper"]
+    if piper:
+        files = synthesize_batch([(g.clip.text, g.clip.settings) for g in piper], work_dir, seed)
+        for group, (path, rate) in zip(piper, files, strict=True):
+            group.synthesized = (str(path), rate)
+    return len(piper)
+
+
 def write_protocols(groups: list[Group], out_dir: Path) -> dict[str, list[Clip]]:
     rows: dict[str, list[Clip]] = {split: [] for split in SPLITS}
     for group in groups:
@@ -279,9 +307,12 @@ def write_protocols(groups: list[Group], out_dir: Path) -> dict[str, list[Clip]]
 
 def write_metadata(groups: list[Group], out_dir: Path) -> None:
     """Provenance of every file (not part of the ASVspoof format) plus an ASVspoof5.codec.config.csv look-alike."""
-    lines = ["file\tsplit\tattack\tvariant\tlang\tprompt_key\tsource\ttext\tcodec\tcodec_q\tenrolment"]
+    columns = ["file", "split", "attack", "variant", "lang", "prompt_key", "source", "text", "codec", "codec_q"]
+    lines = ["\t".join([*columns, "enrolment", "family", "system", "settings"])]
     for clip in sorted((c for g in groups for c in (g.clip, *g.coded)), key=lambda c: c.name):
         source = str(Path(clip.source).relative_to(SOUNDS_ROOT)) if clip.source else "-"
+        attack = ATTACK_BY_LABEL.get(clip.attack)
+        settings = " ".join(f"{name}={value}" for name, value in clip.settings) or "-"
         fields = [
             clip.name,
             clip.split,
@@ -294,6 +325,9 @@ def write_metadata(groups: list[Group], out_dir: Path) -> None:
             clip.codec,
             clip.codec_q,
             str(clip.enrolment).lower(),
+            attack.family if attack else "bonafide",
+            attack.method if attack else "-",
+            settings,
         ]
         lines.append("\t".join(fields))
     (out_dir / "mini_corpus.metadata.tsv").write_text("\n".join(lines) + "\n", encoding="utf-8")
@@ -332,18 +366,21 @@ def build_corpus(
     for split in SPLITS:
         (out_dir / FLAC_DIR[split]).mkdir(parents=True, exist_ok=True)
     durations: dict[str, float] = {}
-    bar = tqdm(total=sum(1 + len(g.coded) for g in groups), desc="mini corpus", unit="clip", disable=not progress)
-    if workers <= 1:
-        results = (render(group, out_dir) for group in groups)
-        for written in results:
-            durations.update(written)
-            bar.update(len(written))
-    else:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            for written in pool.map(render, groups, [out_dir] * len(groups), chunksize=4):
+    with tempfile.TemporaryDirectory(prefix="molex-piper-") as work_dir:
+        neural_start = time.perf_counter()
+        neural_clips = synthesize_neural(groups, Path(work_dir), seed)
+        neural_seconds = time.perf_counter() - neural_start
+        bar = tqdm(total=sum(1 + len(g.coded) for g in groups), desc="mini corpus", unit="clip", disable=not progress)
+        if workers <= 1:
+            for written in (render(group, out_dir) for group in groups):
                 durations.update(written)
                 bar.update(len(written))
-    bar.close()
+        else:
+            with ProcessPoolExecutor(max_workers=workers) as pool:
+                for written in pool.map(render, groups, [out_dir] * len(groups), chunksize=4):
+                    durations.update(written)
+                    bar.update(len(written))
+        bar.close()
     rows = write_protocols(groups, out_dir)
     summary = {
         "seed": seed,
@@ -356,9 +393,11 @@ def build_corpus(
         "hours": round(sum(durations.values()) / 3600, 3),
         "megabytes": round(sum(p.stat().st_size for p in out_dir.rglob("*.flac")) / 1e6, 1),
         "build_seconds": round(time.perf_counter() - start, 1),
+        "piper": {"clips": neural_clips, "synthesis_seconds": round(neural_seconds, 1)},
     }
     write_metadata(groups, out_dir)
-    write_readme(out_dir, summary, ATTACKS, CODECS)
+    write_readme(out_dir, summary, ATTACKS, CODECS, readme_section(), licence_section())
+    copy_voice_card(out_dir / "LICENSES")
     return summary
 
 

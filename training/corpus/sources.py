@@ -10,6 +10,7 @@ Nothing here downloads anything: a missing package is reported with the ``apt-ge
 import gzip
 import hashlib
 import shutil
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +29,7 @@ MIN_SECONDS, MAX_SECONDS = 1.0, 10.0
 
 
 class MissingPackageError(RuntimeError):
-    """A Debian package the corpus needs is not installed."""
+    """A package the corpus needs (Debian, or PyPI for the neural TTS) is not installed."""
 
 
 @dataclass(frozen=True)
@@ -146,6 +147,15 @@ def require_tool(name: str, package: str, why: str) -> str:
     if path is None:
         raise missing_package(package, why)
     return path
+
+
+def run_tool(command: list[str], what: str, stdin: bytes | None = None) -> bytes:
+    """Run a synthesis tool; a failure raises with the command and its stderr, never yields silence."""
+    result = subprocess.run(command, input=stdin, capture_output=True, check=False)
+    if result.returncode != 0:
+        message = result.stderr.decode(errors="replace").strip()[-500:]
+        raise RuntimeError(f"{what} failed (exit {result.returncode}): {' '.join(command)}\n{message}")
+    return result.stdout
 
 
 def require_path(path: Path, package: str, why: str) -> Path:
@@ -272,11 +282,16 @@ Spoofed clips made by text-to-speech come from free software and freely licensed
 (espeak-ng, flite, festival with festvox-kallpc16k / festvox-kdlpc16k / festvox-us-slt-hts); vocoded clips were
 made with sox, codec2, SPTK and numpy/scipy; codec copies with ffmpeg. The Debian copyright files of every package
 used are copied into LICENSES/.
-"""
+{extra}"""
 
 
-def write_readme(out_dir: Path, summary: dict, attacks: tuple, codecs: dict) -> None:
-    """README.txt (what is inside, how it was made), LICENSE.txt (attribution) and LICENSES/ (Debian copyright)."""
+def write_readme(
+    out_dir: Path, summary: dict, attacks: tuple, codecs: dict, extra_readme: str = "", extra_licence: str = ""
+) -> None:
+    """README.txt (what is inside, how it was made), LICENSE.txt (attribution) and LICENSES/ (Debian copyright).
+
+    ``extra_readme`` / ``extra_licence``: paragraphs of attacks that do not come from Debian (the neural TTS).
+    """
     sets = "\n".join(
         f"  speaker {speaker_number(s.voice):04d} ({s.gender}, {s.lang}, {s.directory}, package {s.package}): "
         f"{s.credit}; licence {s.licence}"
@@ -284,7 +299,13 @@ def write_readme(out_dir: Path, summary: dict, attacks: tuple, codecs: dict) -> 
     )
     attack_rows = "\n".join(
         f"  {a.label}  {a.split:<5}  {a.family:<7}  {a.attack_tag}  {a.method}; variants {', '.join(a.variants)}"
-        + (f"; Debian package {a.package}" if a.package else "; numpy/scipy")
+        + (
+            f"; Debian package {a.package}"
+            if a.package
+            else f"; PyPI {' + '.join(a.pypi)}"
+            if a.pypi
+            else "; numpy/scipy"
+        )
         + (f"; SAME METHOD as training attack {a.known_as} (eval 'known')" if a.known_as else "")
         + ("; eval 'unseen'" if a.split == "eval" and not a.known_as else "")
         for a in attacks
@@ -301,9 +322,11 @@ def write_readme(out_dir: Path, summary: dict, attacks: tuple, codecs: dict) -> 
         for split in SPLITS
     )
     readme = f"""\
-MoLEx mini corpus: a small spoofing-detection corpus in the ASVspoof 5 layout, built offline from Debian packages.
+MoLEx mini corpus: a small spoofing-detection corpus in the ASVspoof 5 layout, built offline from Debian packages
+(and, for the neural TTS attacks, PyPI packages).
 Made by `python -m training.corpus.make_mini_corpus` (seed {summary["seed"]}, --per-attack {summary["per_attack"]},
---bonafide-per-split {summary["bonafide_per_split"]}); same seed -> same protocols and identical FLAC bytes.
+--bonafide-per-split {summary["bonafide_per_split"]}); same seed -> same protocols and identical FLAC bytes (for the
+neural TTS clips: on the same machine and onnxruntime build, see below).
 It is a test and smoke-benchmark corpus, NOT ASVspoof 5 data, and results on it are not comparable to ASVspoof.
 
 Layout (as the ASVspoof 5 release): flac_T/, flac_D/, flac_E_eval/ with <T_|D_|E_><10 digits>.flac (16 kHz mono
@@ -312,7 +335,8 @@ separated, no header: SPEAKER_ID FLAC_FILE_NAME GENDER CODEC CODEC_Q CODEC_SEED 
 Enrolment files <D_|E_>A<10 digits>.flac sit in flac_D/ and flac_E_eval/ but in no protocol (as in the release).
 Train and dev are uncoded (CODEC CODEC_Q CODEC_SEED = - - -). Eval originals are uncoded (- 0 -); coded eval copies
 carry the codec, its quality index and, as CODEC_SEED, the file name of the uncoded original.
-mini_corpus.metadata.tsv (tab separated, header) gives each file's source recording or text, language and voice.
+mini_corpus.metadata.tsv (tab separated, header) gives each file's source recording or text, language, voice
+(variant), attack family and system, and the synthesis settings drawn for it (Piper clips; "-" otherwise).
 
 Size: {summary["hours"]} h of audio, {summary["megabytes"]} MB of FLAC.
 {counts}
@@ -333,9 +357,9 @@ brown noise at U(15, 40) dB SNR; 300-3400 Hz Butterworth band-pass (zero phase);
 Speakers (the number after T_/D_/E_ is the same real voice in every split; with only five voices, splits share
 speakers, but prompt keys are split by an md5 of the key, 50/20/30 %, so no sentence is in two splits). A spoof's
 SPEAKER_ID/GENDER is its target: the recorded speaker for copy-synthesis, the speaker who recorded the prompt
-language for TTS (flite and festival speak English only; espeak-ng speaks all five languages).
+language for TTS (flite, festival and Piper speak English only; espeak-ng speaks all five languages).
 {sets}
-
+{extra_readme}
 Sources and licences: see LICENSE.txt and LICENSES/.
 """
     (out_dir / "README.txt").write_text(readme, encoding="utf-8")
@@ -343,7 +367,9 @@ Sources and licences: see LICENSE.txt and LICENSES/.
         f"  - {s.directory}: {s.credit} ({s.licence}), Debian package {s.package}" for s in RECORDING_SETS
     )
     menardi = f"{speaker_number('menardi'):04d}"
-    (out_dir / "LICENSE.txt").write_text(LICENCE_TEXT.format(credits=credits, menardi=menardi), encoding="utf-8")
+    (out_dir / "LICENSE.txt").write_text(
+        LICENCE_TEXT.format(credits=credits, menardi=menardi, extra=extra_licence), encoding="utf-8"
+    )
     licences = out_dir / "LICENSES"
     licences.mkdir(exist_ok=True)
     for package in sorted(

@@ -13,6 +13,10 @@ Arrow without touching the rows.
 Missing audio. A protocol row whose file does not exist raises `MissingAudioError` (how many, and the first few).
 With `skip_missing=True` those rows are dropped instead; the count and first ids are logged as a warning and
 written into the split's `dataset.info.description` ("... N protocol rows skipped because their audio is missing").
+
+Leaks and unscorable splits (`training.data.split_checks`). A clip used by two splits (same utterance id, same file
+through a symlink or hard link, or the same bytes) is refused naming both files. `scored_splits` names the splits
+that training scores (dev, eval) and what they need: both classes, every clip at least one model frame long.
 """
 
 import logging
@@ -40,6 +44,7 @@ from training.data.protocols import (
     read_label_csv,
     resolve_audio_paths,
 )
+from training.data.split_checks import ScoredSplit, SplitLeakCheck, check_scored_split
 
 
 __all__ = [
@@ -51,6 +56,7 @@ __all__ = [
     "ClipPolicy",
     "MissingAudioError",
     "ProtocolError",
+    "ScoredSplit",
     "audio_paths",
     "load_asvspoof5",
     "load_asvspoof2019_la",
@@ -108,25 +114,34 @@ class MissingAudioError(FileNotFoundError):
 
 
 def load_asvspoof5(
-    root: str | Path, splits: Iterable[str] = ("train", "dev", "eval"), skip_missing: bool = False
+    root: str | Path,
+    splits: Iterable[str] = ("train", "dev", "eval"),
+    skip_missing: bool = False,
+    scored_splits: dict[str, ScoredSplit] | None = None,
 ) -> DatasetDict:
     """Load ASVspoof 5 track 1 from the unpacked release: `flac_T/`, `flac_D/`, `flac_E_eval/` and the protocols.
 
     The protocol files may sit in `root` or in `root/ASVspoof5_protocols/` (the archive's own folder). Only protocol
     rows become examples: the flac folders also hold track-2 enrolment audio, which is ignored.
     """
-    root = Path(root)
+    root, leaks = Path(root), SplitLeakCheck()
     datasets = {}
     for split in _check_splits(splits, ASVSPOOF5_SPLITS, "load_asvspoof5"):
         folder, name = ASVSPOOF5_SPLITS[split]
         protocol = _find_file(name, [root, root / "ASVspoof5_protocols"])
         rows = read_asvspoof5_protocol(protocol)
-        datasets[split] = _build_split(rows, split, protocol, root / folder, "ASVspoof 5", skip_missing)
+        datasets[split] = _build_split(
+            rows, split, protocol, root / folder, "ASVspoof 5", skip_missing, leaks=leaks, scored=scored_splits
+        )
+    leaks.check()
     return DatasetDict(datasets)
 
 
 def load_asvspoof2019_la(
-    root: str | Path, splits: Iterable[str] = ("train", "dev", "eval"), skip_missing: bool = False
+    root: str | Path,
+    splits: Iterable[str] = ("train", "dev", "eval"),
+    skip_missing: bool = False,
+    scored_splits: dict[str, ScoredSplit] | None = None,
 ) -> DatasetDict:
     """Load ASVspoof 2019 LA (CM protocols). `root` may be the folder holding `LA/` or the `LA/` folder itself.
 
@@ -137,12 +152,22 @@ def load_asvspoof2019_la(
     la = next((c for c in candidates if (c / "ASVspoof2019_LA_cm_protocols").is_dir()), None)
     if la is None:
         raise FileNotFoundError(f"no ASVspoof2019_LA_cm_protocols/ folder in {' or '.join(map(str, candidates))}")
-    datasets = {}
+    datasets, leaks = {}, SplitLeakCheck()
     for split in _check_splits(splits, ASVSPOOF2019_LA_SPLITS, "load_asvspoof2019_la"):
         folder, name = ASVSPOOF2019_LA_SPLITS[split]
         protocol = _find_file(name, [la / "ASVspoof2019_LA_cm_protocols"])
         rows = read_asvspoof2019_protocol(protocol)
-        datasets[split] = _build_split(rows, split, protocol, la / folder / "flac", "ASVspoof 2019 LA", skip_missing)
+        datasets[split] = _build_split(
+            rows,
+            split,
+            protocol,
+            la / folder / "flac",
+            "ASVspoof 2019 LA",
+            skip_missing,
+            leaks=leaks,
+            scored=scored_splits,
+        )
+    leaks.check()
     return DatasetDict(datasets)
 
 
@@ -154,7 +179,11 @@ def load_in_the_wild(root: str | Path, skip_missing: bool = False) -> DatasetDic
 
 
 def load_csv_dataset(
-    csv_path: str | Path, audio_root: str | Path | None = None, split: str = "eval", skip_missing: bool = False
+    csv_path: str | Path,
+    audio_root: str | Path | None = None,
+    split: str = "eval",
+    skip_missing: bool = False,
+    scored_splits: dict[str, ScoredSplit] | None = None,
 ) -> DatasetDict:
     """Load any corpus described by a CSV with columns `path,label` and optionally `utt_id`, `split`, `attack`,
     `speaker`, `gender`, `codec`, `codec_q`, `attack_tag`, `codec_seed` (see `training.data.protocols.read_label_csv`).
@@ -173,12 +202,15 @@ def load_csv_dataset(
         by_split.setdefault(row.pop("split") or split, []).append(row)
     check_unique_ids(rows, csv_path)  # across splits too: one file must not be both train and eval
     resolve_audio_paths(rows, csv_path, os.path.abspath(audio_root), absolute_ok=True)
-    return DatasetDict(
-        {
-            name: _build_split(part, name, csv_path, audio_root, csv_path.name, skip_missing, absolute_ok=True)
-            for name, part in by_split.items()
-        }
-    )
+    leaks = SplitLeakCheck()
+    datasets = {
+        name: _build_split(
+            part, name, csv_path, audio_root, csv_path.name, skip_missing, True, leaks=leaks, scored=scored_splits
+        )
+        for name, part in by_split.items()
+    }
+    leaks.check()
+    return DatasetDict(datasets)
 
 
 def _check_splits(splits: Iterable[str], known: dict, caller: str) -> list[str]:
@@ -204,8 +236,11 @@ def _build_split(
     corpus: str,
     skip_missing: bool,
     absolute_ok: bool = False,
+    leaks: SplitLeakCheck | None = None,
+    scored: dict[str, ScoredSplit] | None = None,
 ) -> Dataset:
-    """Check ids, paths and files, then build the Arrow table.
+    """Check ids, paths and files (the rows that exist go to `leaks`; a split named in `scored` must be scorable),
+    then build the Arrow table.
 
     Listing each folder once is much faster than one stat per row, and handing `from_dict` typed Arrow arrays skips
     its per-value Python encoding: together they make the 680k-row ASVspoof 5 eval protocol load in seconds.
@@ -237,6 +272,10 @@ def _build_split(
         logger.warning(
             "%s: %s protocol rows skipped because their audio is missing (first: %s)", protocol, len(missing), first
         )
+    if leaks is not None:
+        leaks.add(split, protocol, present)
+    if scored and split in scored:
+        check_scored_split(split, protocol, present, scored[split])
     arrays = {
         key: pa.array([row[key] for row in present], type=FEATURES[key].pa_type)
         for key in FEATURES

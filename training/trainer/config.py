@@ -6,9 +6,10 @@ configuration is saved with every checkpoint and in the final model folder, so a
 
 import argparse
 import dataclasses
+import types
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
 from transformers import HfArgumentParser
@@ -46,9 +47,10 @@ class TrainConfig:
     rank: int = _help("LoRA rank of every expert.", 8)
     lora_alpha: float = _help("LoRA alpha (expert delta scaled by alpha / rank).", 16.0)
     lora_dropout: float = _help("Dropout on expert inputs.", 0.0)
-    target_modules: list[str] = _help(
-        "Linears inside each transformer block that carry experts.",
-        lambda: ["q_proj", "k_proj", "v_proj", "out_proj", "intermediate_dense", "output_dense"],
+    target_modules: list[str] | None = _help(
+        "Linears inside each transformer block that carry experts; unset: the backbone family's six projections "
+        "(q/k/v/out_proj + intermediate_dense/output_dense, or fc1/fc2 for Whisper).",
+        None,
     )
     layers_to_transform: list[int] | None = _help("Blocks that carry experts (all when unset).", None)
     router_granularity: Literal["utterance", "token"] = _help(
@@ -80,7 +82,7 @@ class TrainConfig:
     data_root: str | None = _help("Corpus root (or the CSV file for dataset=csv).", None)
     known_attacks: list[str] | None = _help(
         "Eval attack labels that reuse a training method, reported as 'known' besides eval attacks whose label also "
-        "occurs in train (mini corpus: A07 A08 A09); every other eval attack is reported as unseen.",
+        "occurs in train (mini corpus: A07 A08 A09 A14); every other eval attack is reported as unseen.",
         None,
     )
     dev_split: str = _help("Split used for model selection and calibration.", "dev")
@@ -122,6 +124,7 @@ class TrainConfig:
     )
 
     def __post_init__(self):
+        check_list_fields(type(self), vars(self))
         positive = ["num_experts", "top_k", "rank", "batch_size", "eval_batch_size", "gradient_accumulation_steps"]
         positive += ["crop_samples", "num_epochs", "head_hidden_size", "save_total_limit", "checkpoint_every_n_blocks"]
         for name in positive:
@@ -157,6 +160,43 @@ class TrainConfig:
         Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
 
 
+def _list_element_type(annotation: Any) -> type | None:
+    """`list[X]` or `list[X] | None` -> X; any other annotation -> None (not a list field)."""
+    if get_origin(annotation) in (Union, types.UnionType):
+        annotation = next((arg for arg in get_args(annotation) if arg is not type(None)), None)
+    if get_origin(annotation) is not list:
+        return None
+    (element,) = get_args(annotation)
+    return get_origin(element) or element
+
+
+def _element_ok(value: Any, element: type) -> bool:
+    if isinstance(value, bool):  # YAML `yes` / `true` is a bool, which Python also counts as an int
+        return element is bool
+    if element is float:
+        return isinstance(value, (int, float))
+    return isinstance(value, element)
+
+
+def check_list_fields(config_class: type, values: dict[str, Any], where: str = "") -> None:
+    """Refuse a scalar (or a list of the wrong element type) for a list field: YAML `known_attacks: A07` is the
+    string "A07", and a string is an iterable that `set()` would silently turn into {'A', '0', '7'}."""
+    prefix = f"{where}: " if where else ""
+    for config_field in dataclasses.fields(config_class):
+        element = _list_element_type(config_field.type)
+        name = config_field.name
+        if element is None or name not in values or values[name] is None:
+            continue
+        value = values[name]
+        if not isinstance(value, list):
+            raise ValueError(
+                f"{prefix}`{name}` must be a list (YAML `{name}: [a, b]` or one item per `- a` line), got {value!r}"
+            )
+        wrong = [item for item in value if not _element_ok(item, element)]
+        if wrong:
+            raise ValueError(f"{prefix}`{name}` must be a list of {element.__name__}, but holds {wrong[0]!r}")
+
+
 def load_yaml_config(
     path: str | Path, config_class: type | None = None, help_command: str = "python training/train.py --help"
 ) -> dict[str, Any]:
@@ -175,6 +215,7 @@ def load_yaml_config(
     unknown = sorted(set(data) - {f.name for f in dataclasses.fields(config_class)})
     if unknown:
         raise ValueError(f"{path}: unknown config key(s) {unknown}; see `{help_command}`")
+    check_list_fields(config_class, data, str(path))
     return data
 
 

@@ -24,6 +24,7 @@ from datasets import DatasetDict
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from modeling_molex.model_inputs import minimum_input_samples
 from training.data.loaders import AudioCollator
 from training.metrics.scoring import metrics_for, score_loader
 from training.trainer.checkpointing import (
@@ -161,8 +162,8 @@ def setup_run(config: TrainConfig) -> Run:
     set_seed(config.seed)
     if accelerator.is_main_process:
         config.save(output_dir / "train_config.yaml")
-    corpus = load_corpus(config)
-    model = build_model(config, accelerator)
+    model = build_model(config, accelerator)  # first: the corpus check needs the model's shortest input
+    corpus = load_corpus(config, minimum_input_samples(model.config.backbone_config), model.config.sampling_rate)
     if accelerator.is_main_process:
         model.print_trainable_parameters()
     train_loader, eval_loaders, train_collator = make_loaders(config, corpus, model.config.normalize_audio)

@@ -13,8 +13,9 @@ from transformers import AutoConfig, get_scheduler
 
 from modeling_molex import MoLExAdapterConfig, MoLExForAudioClassification, TopKRouter
 from modeling_molex.layers import MoLExLinear
+from modeling_molex.model_inputs import minimum_input_samples
 from training.data.audio import ClipPolicy
-from training.data.loaders import AudioCollator, load_asvspoof5, load_asvspoof2019_la, load_csv_dataset
+from training.data.loaders import AudioCollator, ScoredSplit, load_asvspoof5, load_asvspoof2019_la, load_csv_dataset
 from training.encoders.tiny_random import build_tiny_backbone
 from training.trainer.config import TINY_RANDOM_BACKBONE, TrainConfig
 from training.trainer.distributed import share_folder
@@ -41,20 +42,25 @@ ADAPTER_FIELDS = {
 } | {"r": "rank"}
 
 
-def load_corpus(config: TrainConfig) -> DatasetDict:
-    """Train, dev and (if set) eval splits of the configured corpus, subsampled when asked."""
+def load_corpus(config: TrainConfig, min_clip_samples: int | None = None, sampling_rate: int = 16_000) -> DatasetDict:
+    """Train, dev and (if set) eval splits of the configured corpus, subsampled when asked.
+
+    Dev and eval are scored during training, so they must hold both classes (also after `max_eval_samples`) and,
+    given `min_clip_samples` (the model's shortest input at `sampling_rate`), no shorter clip: both are refused here,
+    not at the first evaluation."""
     splits = ["train", config.dev_split] + ([config.eval_split] if config.eval_split else [])
     root, skip = config.data_root, config.skip_missing_audio
+    scored = {split: ScoredSplit(min_clip_samples, sampling_rate) for split in splits if split != "train"}
     if config.dataset == "asvspoof5":
-        corpus = load_asvspoof5(root, splits=splits, skip_missing=skip)
+        corpus = load_asvspoof5(root, splits=splits, skip_missing=skip, scored_splits=scored)
     elif config.dataset == "asvspoof2019_la":
-        corpus = load_asvspoof2019_la(root, splits=splits, skip_missing=skip)
+        corpus = load_asvspoof2019_la(root, splits=splits, skip_missing=skip, scored_splits=scored)
     elif config.dataset == "in_the_wild":
         raise ValueError(
             "`dataset` in_the_wild has only an eval split: train on another corpus, score it with evaluate"
         )
     else:
-        corpus = load_csv_dataset(root, skip_missing=skip)
+        corpus = load_csv_dataset(root, skip_missing=skip, scored_splits=scored)
     missing = [s for s in splits if s not in corpus]
     if missing:
         raise ValueError(f"`data_root` {root}: the corpus has no split(s) {missing} (it has {list(corpus)})")
@@ -62,6 +68,11 @@ def load_corpus(config: TrainConfig) -> DatasetDict:
     for split in dict.fromkeys(splits):
         limit = config.max_train_samples if split == "train" else config.max_eval_samples
         selected[split] = subsample(corpus[split], limit, config.seed)
+        if split in scored and len(classes := set(selected[split]["label"])) < 2:
+            raise ValueError(
+                f"`max_eval_samples` {limit} leaves the {split!r} split with only "
+                f"{'bona fide' if classes == {1} else 'spoof'} clips; training scores it, which needs both classes"
+            )
     return DatasetDict(selected)
 
 
@@ -136,12 +147,9 @@ def _build_tiny_backbone_once(folder: str, seed: int) -> None:
 
 
 def min_input_samples(backbone_config) -> int:
-    """Samples in one output frame of a wav2vec2-style convolutional feature encoder (its receptive field): 400
-    for wav2vec2 / XLS-R / WavLM. Shorter input yields no frame at all."""
-    field = 1
-    for kernel, stride in reversed(list(zip(backbone_config.conv_kernel, backbone_config.conv_stride, strict=True))):
-        field = (field - 1) * stride + kernel
-    return field
+    """Samples in one output frame of the backbone (400 for wav2vec2 / XLS-R / WavLM, 201 for Whisper): shorter
+    input yields no frame at all. The model's own rule (modeling_molex/model_inputs.py)."""
+    return minimum_input_samples(backbone_config)
 
 
 def apply_baseline_scope(model: MoLExForAudioClassification, scope: str) -> None:
