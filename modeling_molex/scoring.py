@@ -325,9 +325,7 @@ class WaveformScoringMixin:
         return load_model_signatures(self)
 
     @staticmethod
-    def read_audio(
-        path: str | os.PathLike, max_seconds: float | None = DEFAULT_MAX_SECONDS
-    ) -> tuple[np.ndarray, int]:
+    def read_audio(path: str | os.PathLike, max_seconds: float | None = DEFAULT_MAX_SECONDS) -> tuple[np.ndarray, int]:
         """Decode an audio file -> (float32 (channels, samples), rate), as `score_file` does."""
         return decode_audio(path, max_seconds=max_seconds)
 

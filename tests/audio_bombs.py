@@ -95,5 +95,7 @@ def three_hour_opus(folder: Path) -> Path:
 
 
 def ffmpeg_encode(source: Path, target: Path, *codec_args: str) -> Path:
-    subprocess.run(["ffmpeg", "-v", "error", "-nostdin", "-y", "-i", str(source), *codec_args, str(target)], check=True)
+    subprocess.run(
+        ["ffmpeg", "-v", "error", "-nostdin", "-y", "-i", str(source), *codec_args, str(target)], check=True
+    )
     return target

@@ -63,7 +63,7 @@ def test_the_default_limit_is_ten_minutes():
 @pytest.mark.parametrize("make", [flac_bomb, ogg_bomb, lambda p: ogg_bomb(p, "OPUS")], ids=["flac", "ogg", "opus"])
 def test_header_bombs_are_refused_by_their_header_without_allocating(tmp_path, make):
     path = make(tmp_path / ("bomb" + (".flac" if make is flac_bomb else ".ogg")))
-    assert path.stat().st_size < 32_000 and sf.info(str(path)).frames >= CLAIMED_FRAMES
+    assert path.stat().st_size < 32_000 and sf.info(str(path)).frames >= CLAIMED_FRAMES - 1_000  # Opus: less pre-skip
     error, peak = peak_memory(decode_audio, path, max_seconds=120)
     assert isinstance(error, AudioInputError), error
     message = str(error)
@@ -112,7 +112,7 @@ def test_a_container_that_hides_its_duration_is_cut_at_the_cap(three_hours, with
     monkeypatch.setattr(audio_decoding, "_probe_duration", lambda probe: None)
     error, peak = peak_memory(decode_audio, three_hours, max_seconds=20)
     assert isinstance(error, AudioInputError)
-    assert str(error).startswith("three_hours.opus is longer than 20 s (decoding stopped there)")
+    assert str(error).startswith("three_hours.opus is longer than 20 s (decoding stopped there;")
     cap_bytes = 21 * 48_000 * 4
     assert peak < 3 * cap_bytes
 

@@ -41,8 +41,8 @@ from pathlib import Path
 
 from transformers import AutoModelForAudioClassification  # noqa: F401  (where tests and users patch the loader)
 
+from modeling_molex.audio_io import DEFAULT_MAX_SECONDS
 from training.scoring import ScoringError
-from training.scoring.bounded_audio import DEFAULT_MAX_SECONDS
 from training.scoring.processes import ScoringProcesses, resolve_device
 from training.scoring.scoring_run import RunOptions, run_scoring
 from training.scoring.table_format import TSV_COLUMNS
