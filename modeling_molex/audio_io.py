@@ -11,6 +11,7 @@ average keeps at least `MIN_DOWNMIX_RATIO` of the channels' mean RMS; otherwise 
 alone. The choice is reported (`channel_policy`).
 """
 
+import logging
 import math
 
 import numpy as np
@@ -36,6 +37,7 @@ __all__ = [
     "to_mono",
 ]
 
+logger = logging.getLogger(__name__)
 MIN_DOWNMIX_RATIO = 0.5  # the channel average must keep this share of the channels' mean RMS (else: channels cancel)
 
 
@@ -49,7 +51,7 @@ def as_channels_first(wave, name: str = "wave") -> np.ndarray:
     if wave.dtype == bool or not (np.issubdtype(wave.dtype, np.floating) or np.issubdtype(wave.dtype, np.integer)):
         raise AudioInputError(f"{name}: expected float or integer PCM samples, got dtype {wave.dtype}")
     if np.issubdtype(wave.dtype, np.integer):
-        wave = wave.astype(np.float32) / np.float32(-np.iinfo(wave.dtype).min)
+        wave = _scale_integers(wave, name)
     elif wave.dtype not in (np.float32, np.float64):
         wave = wave.astype(np.float32)  # float16 and friends; float32/float64 are kept (an hour is 230/460 MB)
     if wave.size == 0:
@@ -76,6 +78,26 @@ def as_channels_first(wave, name: str = "wave") -> np.ndarray:
     return wave
 
 
+def _scale_integers(wave: np.ndarray, name: str) -> np.ndarray:
+    """Integer PCM -> float32 in [-1, 1), by the array's dtype: signed x / 2^(bits-1), unsigned (8-bit WAV)
+    (x - 2^(bits-1)) / 2^(bits-1). The dtype decides, never the values: int32 is also what 24- and 32-bit files
+    decode to, where small values are quiet audio. int16 samples stored in a wider array are therefore quiet (by
+    96 dB in int32), and a warning says how to pass them."""
+    info = np.iinfo(wave.dtype)
+    half = float(2 ** (info.bits - 1))  # the zero of unsigned PCM, and the full scale of both
+    scaled = wave.astype(np.float64 if info.bits > 32 else np.float32)
+    if info.min == 0:
+        scaled -= np.float32(half) if scaled.dtype == np.float32 else half
+    scaled /= np.float32(half) if scaled.dtype == np.float32 else half
+    if info.bits > 16 and wave.size and np.abs(scaled).max() * half <= 32768:
+        logger.warning(
+            f"{name}: the {wave.dtype} samples never leave the int16 range, so they are scaled by {wave.dtype}'s range "
+            f"and are {20 * math.log10(half / 32768):.1f} dB quieter than as int16; if this is int16 PCM, pass it as "
+            "int16 (wave.astype(np.int16))"
+        )
+    return scaled.astype(np.float32) if scaled.dtype != np.float32 else scaled
+
+
 def _rms(wave: np.ndarray, chunk: int = 1 << 20) -> np.ndarray:
     """RMS over the last axis, accumulated in float64 chunk by chunk (no full float64 copy of an hour of audio)."""
     total = np.zeros(wave.shape[:-1], dtype=np.float64)
@@ -99,8 +121,16 @@ def to_mono(wave: np.ndarray) -> tuple[np.ndarray, str]:
 
 
 def level_dbfs(wave: np.ndarray) -> float:
-    """RMS level in dB relative to full scale (a full-scale sine is about -3 dBFS); -inf for digital silence."""
-    rms = float(_rms(wave))
+    """RMS level of the AC part (the clip's mean, its DC offset, removed) in dB relative to full scale: a full-scale
+    sine is about -3 dBFS, a constant (digital silence, or a DC offset alone) -inf."""
+    if wave.size == 0:
+        return -math.inf
+    mean = float(np.mean(wave, dtype=np.float64))
+    total = 0.0
+    for start in range(0, wave.shape[-1], 1 << 20):  # two passes, in float64 chunks: exact for a large offset too
+        piece = wave[..., start : start + (1 << 20)].astype(np.float64) - mean
+        total += float(np.dot(piece.ravel(), piece.ravel()))
+    rms = math.sqrt(total / wave.size)
     return 20.0 * math.log10(rms) if rms > 0 else -math.inf
 
 
