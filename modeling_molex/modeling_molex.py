@@ -21,6 +21,7 @@ from .configuration_molex import MoLExConfig
 from .expert_management import MoLExExpertsMixin
 from .experts_io import save_expert_pack
 from .feature_extraction_molex import MoLExFeatureExtractor
+from .finite_checks import check_finite_tensors
 from .heads import AttentiveStatisticsPooling, ClassificationHead, MeanPooling, WeightedLayerSum
 from .hub_upload import push_model_in_one_commit
 from .injection import inject_experts
@@ -170,6 +171,10 @@ class MoLExForAudioClassification(WaveformScoringMixin, MoLExExpertsMixin, MoLEx
                 f"{args[0] if args else kwargs.get('pretrained_model_name_or_path')}: the checkpoint lacks "
                 f"{len(missing)} weight(s) that config.json declares: {missing[:8]}"
             )
+        # A NaN or infinite weight would give every clip a NaN score (and NaN >= 0 is False: the verdict "spoof").
+        check_finite_tensors(
+            model.state_dict().items(), str(args[0] if args else kwargs.get("pretrained_model_name_or_path"))
+        )
         _align_cpu_tensors(model)
         model.apply_trainability()
         return (model, info) if wants_info else model
