@@ -31,9 +31,15 @@ __all__ = [
     "MIN_DOWNMIX_RATIO",
     "AudioInputError",
     "as_channels_first",
+    "as_float_samples",
+    "centred_sums",
+    "channel_choice",
     "decode_audio",
     "level_dbfs",
+    "refuse_non_finite",
     "resample",
+    "rms_dbfs",
+    "sum_of_squares",
     "to_mono",
 ]
 
@@ -41,19 +47,36 @@ logger = logging.getLogger(__name__)
 MIN_DOWNMIX_RATIO = 0.5  # the channel average must keep this share of the channels' mean RMS (else: channels cancel)
 
 
-def as_channels_first(wave, name: str = "wave") -> np.ndarray:
-    """Any 1-D (samples,) or 2-D array (either axis order: the shorter axis holds the channels) -> float32 or
-    float64 (channels, samples), without a copy when possible. Integer PCM is scaled to [-1, 1) by its type's range.
-    Non-finite samples are refused."""
+def as_float_samples(wave, name: str = "wave") -> np.ndarray:
+    """Samples of any shape (numpy, torch or a list) -> float32 or float64 numpy, without a copy when possible.
+    Integer PCM is scaled to [-1, 1) by its type's range; anything but float or integer samples is refused."""
     if hasattr(wave, "detach"):  # torch tensor
         wave = wave.detach().cpu().numpy()
     wave = np.asarray(wave)
     if wave.dtype == bool or not (np.issubdtype(wave.dtype, np.floating) or np.issubdtype(wave.dtype, np.integer)):
         raise AudioInputError(f"{name}: expected float or integer PCM samples, got dtype {wave.dtype}")
     if np.issubdtype(wave.dtype, np.integer):
-        wave = _scale_integers(wave, name)
-    elif wave.dtype not in (np.float32, np.float64):
-        wave = wave.astype(np.float32)  # float16 and friends; float32/float64 are kept (an hour is 230/460 MB)
+        return _scale_integers(wave, name)
+    if wave.dtype not in (np.float32, np.float64):
+        return wave.astype(np.float32)  # float16 and friends; float32/float64 are kept (an hour is 230/460 MB)
+    return wave
+
+
+def refuse_non_finite(wave: np.ndarray, name: str = "wave") -> None:
+    """Raise `AudioInputError` counting the NaN or infinite samples of (channels, samples) and where the first is."""
+    finite = np.isfinite(wave)
+    if not finite.all():
+        first = int(np.argwhere(~finite)[0][1])
+        raise AudioInputError(
+            f"{name}: {int((~finite).sum())} samples are NaN or infinite (first at sample {first}); refusing to score"
+        )
+
+
+def as_channels_first(wave, name: str = "wave") -> np.ndarray:
+    """Any 1-D (samples,) or 2-D array (either axis order: the shorter axis holds the channels) -> float32 or
+    float64 (channels, samples), without a copy when possible. Integer PCM is scaled to [-1, 1) by its type's range.
+    Non-finite samples are refused."""
+    wave = as_float_samples(wave, name)
     if wave.size == 0:
         raise AudioInputError(f"{name}: holds no audio samples")
     if wave.ndim == 1:
@@ -69,12 +92,7 @@ def as_channels_first(wave, name: str = "wave") -> np.ndarray:
     else:
         raise AudioInputError(f"{name}: expected shape (samples,), (channels, samples) or (samples, channels), got "
                               f"{tuple(wave.shape)}")  # fmt: skip
-    finite = np.isfinite(wave)
-    if not finite.all():
-        first = int(np.argwhere(~finite)[0][1])
-        raise AudioInputError(
-            f"{name}: {int((~finite).sum())} samples are NaN or infinite (first at sample {first}); refusing to score"
-        )
+    refuse_non_finite(wave, name)
     return wave
 
 
@@ -98,13 +116,19 @@ def _scale_integers(wave: np.ndarray, name: str) -> np.ndarray:
     return scaled.astype(np.float32) if scaled.dtype != np.float32 else scaled
 
 
-def _rms(wave: np.ndarray, chunk: int = 1 << 20) -> np.ndarray:
-    """RMS over the last axis, accumulated in float64 chunk by chunk (no full float64 copy of an hour of audio)."""
+def sum_of_squares(wave: np.ndarray, chunk: int = 1 << 20) -> np.ndarray:
+    """Sum of squares over the last axis, accumulated in float64 chunk by chunk (no full float64 copy of an hour of
+    audio); a stream adds up the same sums chunk by chunk."""
     total = np.zeros(wave.shape[:-1], dtype=np.float64)
     for start in range(0, wave.shape[-1], chunk):
         piece = wave[..., start : start + chunk].astype(np.float64)
         total += np.einsum("...i,...i->...", piece, piece)
-    return np.sqrt(total / wave.shape[-1])
+    return total
+
+
+def _rms(wave: np.ndarray) -> np.ndarray:
+    """RMS over the last axis (see `sum_of_squares`)."""
+    return np.sqrt(sum_of_squares(wave) / wave.shape[-1])
 
 
 def to_mono(wave: np.ndarray) -> tuple[np.ndarray, str]:
@@ -113,11 +137,17 @@ def to_mono(wave: np.ndarray) -> tuple[np.ndarray, str]:
     if wave.shape[0] == 1:
         return wave[0], "mono"
     mean = wave.mean(axis=0)
-    channel_rms = _rms(wave)
-    if _rms(mean) >= MIN_DOWNMIX_RATIO * channel_rms.mean():
-        return mean, f"mean of {wave.shape[0]} channels"
+    loudest, policy = channel_choice(float(_rms(mean)), _rms(wave))
+    return (mean if loudest is None else wave[loudest]), policy
+
+
+def channel_choice(mean_rms: float, channel_rms: np.ndarray) -> tuple[int | None, str]:
+    """The rule of `to_mono` from RMS levels (the channel average's, each channel's): (None, "mean of N channels")
+    or (the loudest channel, "channel i of N (the channels cancel when averaged)"). A stream decides with it too."""
+    if mean_rms >= MIN_DOWNMIX_RATIO * channel_rms.mean():
+        return None, f"mean of {len(channel_rms)} channels"
     loudest = int(channel_rms.argmax())
-    return wave[loudest], f"channel {loudest} of {wave.shape[0]} (the channels cancel when averaged)"
+    return loudest, f"channel {loudest} of {len(channel_rms)} (the channels cancel when averaged)"
 
 
 def level_dbfs(wave: np.ndarray) -> float:
@@ -125,12 +155,23 @@ def level_dbfs(wave: np.ndarray) -> float:
     sine is about -3 dBFS, a constant (digital silence, or a DC offset alone) -inf."""
     if wave.size == 0:
         return -math.inf
-    mean = float(np.mean(wave, dtype=np.float64))
-    total = 0.0
-    for start in range(0, wave.shape[-1], 1 << 20):  # two passes, in float64 chunks: exact for a large offset too
-        piece = wave[..., start : start + (1 << 20)].astype(np.float64) - mean
-        total += float(np.dot(piece.ravel(), piece.ravel()))
-    rms = math.sqrt(total / wave.size)
+    _, deviations = centred_sums(wave.reshape(1, -1))
+    return rms_dbfs(math.sqrt(float(deviations[0]) / wave.size))
+
+
+def centred_sums(wave: np.ndarray, chunk: int = 1 << 20) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, sum of squared deviations from it) over the last axis, in two passes over float64 chunks: exact for a
+    large DC offset too (a one-pass sum of squares minus the squared mean cancels). A stream combines chunks' sums."""
+    mean = np.mean(wave, axis=-1, dtype=np.float64)
+    total = np.zeros(wave.shape[:-1], dtype=np.float64)
+    for start in range(0, wave.shape[-1], chunk):
+        piece = wave[..., start : start + chunk].astype(np.float64) - mean[..., None]
+        total += np.einsum("...i,...i->...", piece, piece)
+    return mean, total
+
+
+def rms_dbfs(rms: float) -> float:
+    """An RMS value in dBFS; -inf for 0."""
     return 20.0 * math.log10(rms) if rms > 0 else -math.inf
 
 

@@ -7,27 +7,50 @@
 
 A model saved with `save_pretrained` holds its experts as such a pack under `experts/`. A single expert folder loads
 onto the vanilla backbone with `PeftModel.from_pretrained(backbone, folder)` and reproduces that expert at gate 1.
+
+A pack is written whole into a hidden sibling folder and swapped in (atomic_saves.py), with one save id in its
+index and in every safetensors file; loading checks every file first (pack_reader.py).
 """
 
 import json
 import os
 import shutil
-import tempfile
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from .adapter_config import LEGACY_PACK_CONFIG_NAME, PACK_CONFIG_NAME, MoLExAdapterConfig
+from .atomic_saves import (
+    PACK_SAVE_ID_KEY,
+    SAVE_ID_KEY,
+    add_safetensors_metadata,
+    check_replaceable,
+    content_save_id,
+    make_staging,
+    resolve_target,
+    swap_into_place,
+)
+from .pack_reader import (
+    INDEX_NAME,
+    PACK_FORMAT,
+    PEFT_CONFIG_NAME,
+    PEFT_WEIGHTS_NAME,
+    ROUTER_WEIGHTS_NAME,
+    check_entry_agrees,
+    check_one_save,
+    checked_entries,
+    read_expert_weights,
+    read_index,
+    read_pack_config,
+    read_router_rows,
+)
+from .safe_files import FolderFiles
 
 
-INDEX_NAME = "index.json"
-ROUTER_WEIGHTS_NAME = "router.safetensors"
-PEFT_WEIGHTS_NAME = "adapter_model.safetensors"
-PACK_FORMAT = "molex-expert-pack"
-PEFT_CONFIG_NAME = "adapter_config.json"  # of each expert folder: a plain PEFT LoRA adapter
 PACK_FILES = (PACK_CONFIG_NAME, LEGACY_PACK_CONFIG_NAME, INDEX_NAME, ROUTER_WEIGHTS_NAME)
 HUB_PACK_PATTERNS = [f"{name}" for name in PACK_FILES] + [f"*/{name}" for name in (*PACK_FILES, PEFT_WEIGHTS_NAME)]
+__all__ = ["HUB_PACK_PATTERNS", "PACK_FORMAT", "load_expert_pack", "peft_lora_config", "save_expert_pack"]
 
 
 def peft_lora_config(adapter: MoLExAdapterConfig, module_paths: list[str]) -> dict:
@@ -69,91 +92,106 @@ def _resolve_names(adapter: MoLExAdapterConfig, names: list[str] | None) -> list
     return sorted(selected)
 
 
+def write_tensors(tensors: dict[str, torch.Tensor], path: str, save_id: str) -> None:
+    """A safetensors file stamped with `save_id`, the same bytes for the same tensors: the id is added in a second
+    step because safetensors writes its metadata map in an arbitrary order."""
+    save_file({name: tensor.cpu() for name, tensor in tensors.items()}, path, {"format": "pt"})
+    add_safetensors_metadata(path, {SAVE_ID_KEY: save_id})
+
+
 def _write_json(path: str, data: dict) -> None:
     with open(path, "w", encoding="utf-8") as handle:
         json.dump(data, handle, indent=2, sort_keys=True)
         handle.write("\n")
 
 
-def save_expert_pack(model: nn.Module, directory: str | os.PathLike, names: list[str] | None) -> list[str]:
-    """Write the selected experts as a pack folder. Written to a temporary sibling and renamed into place, so a
-    crash never leaves a half-written pack."""
+def is_pack_folder(path: str) -> bool:
+    """Whether `path` holds an expert pack (its index.json says so): a save may replace it."""
+    try:
+        return read_index(FolderFiles(path)).get("format") == PACK_FORMAT
+    except (OSError, ValueError):
+        return False
+
+
+def _pack_contents(model: nn.Module, indices: list[int]) -> tuple[dict, dict, MoLExAdapterConfig, dict]:
+    """What a pack of these experts holds: per expert its PEFT tensors, the router rows, the pack config and the
+    index (without its save id)."""
     adapter = model.config.adapter
-    indices = _resolve_names(adapter, names)
     packs_of_expert = adapter.pack_of_expert()
     layers = model.expert_layers()
-    directory = os.fspath(directory)
-    parent = os.path.dirname(os.path.abspath(directory))
-    os.makedirs(parent, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=".experts-", dir=parent)
+    experts = {
+        adapter.expert_names[index]: {
+            f"base_model.model.{path}.{key}.weight": tensor
+            for path, layer in layers.items()
+            for key, tensor in (
+                ("lora_A", layer.stacked_lora_a()[index].detach().contiguous()),
+                ("lora_B", layer.stacked_lora_b()[index].detach().T.contiguous()),
+            )
+        }
+        for index in indices
+    }
+    rows = {name: router.full_weight()[indices].detach().contiguous() for name, router in model.routers().items()}
+    pack_sizes: dict[str, int] = {}
+    for index in indices:
+        pack_sizes[packs_of_expert[index]] = pack_sizes.get(packs_of_expert[index], 0) + 1
+    # A pack may hold fewer experts than the host's top_k; the host's top_k is what routes them once loaded.
+    top_k = min(adapter.top_k, len(indices))
+    pack_config = MoLExAdapterConfig.from_dict(
+        {**adapter.to_dict(), "expert_packs": pack_sizes, "frozen_packs": [], "top_k": top_k}
+    )
+    backbone = model.config.backbone_config
+    index_document = {
+        "format": PACK_FORMAT,
+        "version": 1,
+        "backbone": {
+            "model_type": backbone.model_type,
+            "hidden_size": backbone.hidden_size,
+            "num_hidden_layers": backbone.num_hidden_layers,
+            "name_or_path": adapter.base_model_name_or_path,
+        },
+        "experts": [
+            {
+                "name": adapter.expert_names[index],
+                "pack": packs_of_expert[index],
+                "router_column": column,
+                "r": adapter.r,
+                "lora_alpha": adapter.lora_alpha,
+                "modules": sorted(layers),
+            }
+            for column, index in enumerate(indices)
+        ],
+    }
+    return experts, rows, pack_config, index_document
+
+
+def save_expert_pack(
+    model: nn.Module, directory: str | os.PathLike, names: list[str] | None, save_id: str | None = None
+) -> list[str]:
+    """Write the selected experts as a pack folder. Written to a temporary sibling and swapped into place, so a
+    crash (even kill -9) leaves the previous pack or the new one, never a mix or nothing. `save_id` (by default a
+    hash of the pack's content) goes into the index and every safetensors file; a model save passes its own."""
+    adapter = model.config.adapter
+    indices = _resolve_names(adapter, names)
+    directory = resolve_target(directory)
+    check_replaceable(directory, is_pack_folder, "expert packs")
+    experts, rows, pack_config, index_document = _pack_contents(model, indices)
+    tensors = {f"{name}/{key}": value for name, group in experts.items() for key, value in group.items()}
+    save_id = save_id or content_save_id({**tensors, **rows}, pack_config.to_dict(), index_document)
+    module_paths = list(model.expert_layers())
+    staging = make_staging(directory, ".experts-")
     try:
-        index_entries = []
-        for column, index in enumerate(indices):
-            name = adapter.expert_names[index]
+        for name, group in experts.items():
             folder = os.path.join(staging, name)
             os.makedirs(folder)
-            tensors = {}
-            for path, layer in layers.items():
-                tensors[f"base_model.model.{path}.lora_A.weight"] = layer.stacked_lora_a()[index].detach().contiguous()
-                tensors[f"base_model.model.{path}.lora_B.weight"] = (
-                    layer.stacked_lora_b()[index].detach().T.contiguous()
-                )
-            save_file({k: v.cpu() for k, v in tensors.items()}, os.path.join(folder, PEFT_WEIGHTS_NAME))
-            _write_json(os.path.join(folder, PEFT_CONFIG_NAME), peft_lora_config(adapter, list(layers)))
-            index_entries.append(
-                {
-                    "name": name,
-                    "pack": packs_of_expert[index],
-                    "router_column": column,
-                    "r": adapter.r,
-                    "lora_alpha": adapter.lora_alpha,
-                    "modules": sorted(layers),
-                }
-            )
-        rows = {
-            name: router.full_weight()[indices].detach().cpu().contiguous() for name, router in model.routers().items()
-        }
-        save_file(rows, os.path.join(staging, ROUTER_WEIGHTS_NAME))
-        pack_sizes: dict[str, int] = {}
-        for index in indices:
-            pack_sizes[packs_of_expert[index]] = pack_sizes.get(packs_of_expert[index], 0) + 1
-        # A pack may hold fewer experts than the host's top_k; the host's top_k is what routes them once loaded.
-        top_k = min(adapter.top_k, len(indices))
-        pack_config = MoLExAdapterConfig.from_dict(
-            {**adapter.to_dict(), "expert_packs": pack_sizes, "frozen_packs": [], "top_k": top_k}
-        )
+            write_tensors(group, os.path.join(folder, PEFT_WEIGHTS_NAME), save_id)
+            _write_json(os.path.join(folder, PEFT_CONFIG_NAME), peft_lora_config(adapter, module_paths))
+        write_tensors(rows, os.path.join(staging, ROUTER_WEIGHTS_NAME), save_id)
         pack_config.save_pretrained(staging)
-        backbone = model.config.backbone_config
-        _write_json(
-            os.path.join(staging, INDEX_NAME),
-            {
-                "format": PACK_FORMAT,
-                "version": 1,
-                "backbone": {
-                    "model_type": backbone.model_type,
-                    "hidden_size": backbone.hidden_size,
-                    "num_hidden_layers": backbone.num_hidden_layers,
-                    "name_or_path": adapter.base_model_name_or_path,
-                },
-                "experts": index_entries,
-            },
-        )
-        _replace_directory(staging, directory)
-    except BaseException:
+        _write_json(os.path.join(staging, INDEX_NAME), {**index_document, PACK_SAVE_ID_KEY: save_id})
+        swap_into_place(staging, directory)
+    finally:
         shutil.rmtree(staging, ignore_errors=True)
-        raise
     return [adapter.expert_names[i] for i in indices]
-
-
-def _replace_directory(staging: str, directory: str) -> None:
-    if not os.path.exists(directory):
-        os.replace(staging, directory)
-        return
-    retired = tempfile.mkdtemp(prefix=".experts-old-", dir=os.path.dirname(os.path.abspath(directory)))
-    os.rmdir(retired)
-    os.replace(directory, retired)
-    os.replace(staging, directory)
-    shutil.rmtree(retired, ignore_errors=True)
 
 
 def _pack_root(path_or_repo_id: str | os.PathLike, revision: str | None) -> str:
@@ -164,9 +202,9 @@ def _pack_root(path_or_repo_id: str | os.PathLike, revision: str | None) -> str:
         path = snapshot_download(path, revision=revision, allow_patterns=HUB_PACK_PATTERNS)
     for root in (path, os.path.join(path, "experts")):
         has_config = any(
-            os.path.isfile(os.path.join(root, name)) for name in (PACK_CONFIG_NAME, LEGACY_PACK_CONFIG_NAME)
+            os.path.lexists(os.path.join(root, name)) for name in (PACK_CONFIG_NAME, LEGACY_PACK_CONFIG_NAME)
         )
-        if os.path.isfile(os.path.join(root, INDEX_NAME)) and has_config:
+        if os.path.lexists(os.path.join(root, INDEX_NAME)) and has_config:
             return root
     raise FileNotFoundError(
         f"{path_or_repo_id}: no expert pack ({INDEX_NAME} + {PACK_CONFIG_NAME}) here or in experts/"
@@ -195,93 +233,6 @@ def _check_compatible(root: str, pack: MoLExAdapterConfig, index: dict, model: n
         raise ValueError(f"Expert pack {root}: `expert_packs` {clashes} already exist in this model")
 
 
-def _read_index(root: str) -> dict:
-    path = os.path.join(root, INDEX_NAME)
-    with open(path, encoding="utf-8") as handle:
-        try:
-            index = json.load(handle)
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{path}: not valid JSON ({error})") from error
-    if not isinstance(index, dict) or index.get("format") != PACK_FORMAT:
-        found = index.get("format") if isinstance(index, dict) else type(index).__name__
-        raise ValueError(f"{path}: `format` is {found!r}, expected {PACK_FORMAT!r}")
-    for key in ("backbone", "experts"):
-        if key not in index:
-            raise ValueError(f"{path}: no `{key}` field")
-    return index
-
-
-def _checked_entries(root: str, index: dict, pack: MoLExAdapterConfig) -> list[dict]:
-    """Index entries in router-column order, each naming a plain expert folder inside the pack."""
-    path = os.path.join(root, INDEX_NAME)
-    entries = index["experts"]
-    expected = sum(pack.expert_packs.values())
-    if not isinstance(entries, list) or len(entries) != expected:
-        count = len(entries) if isinstance(entries, list) else type(entries).__name__
-        raise ValueError(f"{path}: `experts` lists {count} experts, the pack config declares {expected}")
-    real_root = os.path.realpath(root)
-    for number, entry in enumerate(entries):
-        name = entry.get("name") if isinstance(entry, dict) else None
-        plain = (
-            isinstance(name, str)
-            and name not in ("", ".", "..")
-            and os.path.basename(name) == name
-            and "/" not in name
-            and "\\" not in name
-        )
-        folder = os.path.realpath(os.path.join(root, name)) if plain else ""
-        if not plain or os.path.dirname(folder) != real_root:
-            raise ValueError(
-                f"{path}: entry {number} names expert {name!r}; an expert name must be a plain folder name inside "
-                "the pack (no path separators, '..' or absolute paths)"
-            )
-    columns = sorted(entry.get("router_column") for entry in entries if isinstance(entry.get("router_column"), int))
-    if columns != list(range(expected)):
-        raise ValueError(f"{path}: `router_column` values must be 0..{expected - 1}, each once")
-    if len({entry["name"] for entry in entries}) != expected:
-        raise ValueError(f"{path}: expert names are not unique")
-    return sorted(entries, key=lambda entry: entry["router_column"])
-
-
-def _read_expert_weights(
-    root: str, entries: list[dict], layers: dict[str, nn.Module], rank: int
-) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """Per expert layer: stacked (E, r, d_in) A and (E, r, d_out) B of the pack, every shape checked."""
-    stacks: dict[str, tuple[list, list]] = {path: ([], []) for path in layers}
-    for entry in entries:
-        weights_path = os.path.join(root, entry["name"], PEFT_WEIGHTS_NAME)
-        if not os.path.isfile(weights_path):
-            raise FileNotFoundError(f"Expert pack {root}: expert {entry['name']!r} has no {PEFT_WEIGHTS_NAME}")
-        tensors = load_file(weights_path)
-        for path, layer in layers.items():
-            for key, expected, transpose, store in (
-                ("lora_A", (rank, layer.in_features), False, stacks[path][0]),
-                ("lora_B", (layer.out_features, rank), True, stacks[path][1]),
-            ):
-                name = f"base_model.model.{path}.{key}.weight"
-                if name not in tensors:
-                    raise KeyError(f"{weights_path}: missing tensor {name!r}")
-                if tuple(tensors[name].shape) != expected:
-                    raise ValueError(
-                        f"{weights_path}: tensor {name!r} has shape {tuple(tensors[name].shape)}, expected {expected}"
-                    )
-                store.append(tensors[name].T if transpose else tensors[name])
-    return {path: (torch.stack(a), torch.stack(b)) for path, (a, b) in stacks.items()}
-
-
-def _read_router_rows(root: str, routers: dict[str, nn.Module], num_experts: int) -> dict[str, torch.Tensor]:
-    path = os.path.join(root, ROUTER_WEIGHTS_NAME)
-    rows = load_file(path)
-    missing = sorted(set(routers) - set(rows))
-    if missing:
-        raise KeyError(f"{path}: no rows for routers {missing[:5]}")
-    for name, router in routers.items():
-        expected = (num_experts, router.hidden_size)
-        if tuple(rows[name].shape) != expected:
-            raise ValueError(f"{path}: router {name!r} rows have shape {tuple(rows[name].shape)}, expected {expected}")
-    return rows
-
-
 def load_expert_pack(
     model: nn.Module, path_or_repo_id: str | os.PathLike, trainable: bool, revision: str | None
 ) -> list[str]:
@@ -289,14 +240,18 @@ def load_expert_pack(
     names. Everything is read and checked first; the model changes only once nothing can fail any more, so a refused
     pack leaves the model exactly as it was."""
     root = _pack_root(path_or_repo_id, revision)
-    pack = MoLExAdapterConfig.from_pretrained(root)
-    index = _read_index(root)
+    files = FolderFiles(root)
+    pack, config_name = read_pack_config(files)
+    index = read_index(files)
     _check_compatible(root, pack, index, model)
-    entries = _checked_entries(root, index, pack)
+    entries = checked_entries(root, index, pack, config_name)
+    for entry in entries:
+        check_entry_agrees(files, entry, pack, config_name)
     layers = model.expert_layers()
-    weights = _read_expert_weights(root, entries, layers, model.config.adapter.r)
+    weights = read_expert_weights(files, entries, layers, model.config.adapter.r)
     routers = model.routers()
-    router_rows = _read_router_rows(root, routers, len(entries))
+    router_rows = read_router_rows(files, routers, len(entries))
+    check_one_save(files, index, entries)
 
     start = 0
     adapter = model.config.adapter

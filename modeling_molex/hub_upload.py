@@ -120,6 +120,24 @@ def write_card(folder: str | os.PathLike, repo_id: str, results: dict | None = N
     return card
 
 
+def files_to_upload(folder: Path) -> list[str]:
+    """Repo paths of the regular files of `folder`, hidden ones excepted. A link or special file is refused (PushError
+    naming it) before any request: a link could send a file from outside the folder, such as a token."""
+    paths = []
+    for root, folders, names in os.walk(folder):
+        folders[:] = sorted(name for name in folders if not name.startswith("."))
+        for name in sorted([*names, *(f for f in folders if os.path.islink(os.path.join(root, f)))]):
+            path = Path(root, name)
+            if name.startswith("."):
+                continue
+            if path.is_symlink():
+                raise PushError(f"{path} is a symbolic link (to {os.readlink(path)!r}); nothing was pushed")
+            if not path.is_file():
+                raise PushError(f"{path} is not a regular file; nothing was pushed")
+            paths.append(path.relative_to(folder).as_posix())
+    return sorted(paths)
+
+
 def is_managed_by_model_push(path: str) -> bool:
     return path.startswith(MODEL_MANAGED_PREFIXES) or path.endswith(MODEL_MANAGED_SUFFIXES)
 
@@ -144,12 +162,8 @@ def upload_folder_in_one_commit(
     holds are deleted in the same commit. `check_remote(api, repo_id, repo_info, remote_paths)` may refuse the push
     (raise) after the repo was read and before anything is written."""
     folder = Path(folder)
+    paths = files_to_upload(folder)
     api = HfApi(token=token)
-    paths = sorted(
-        p.relative_to(folder).as_posix()
-        for p in folder.rglob("*")
-        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts)
-    )
     repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
     info = api.model_info(repo_id, revision=revision)
     remote = {sibling.rfilename for sibling in info.siblings or []}

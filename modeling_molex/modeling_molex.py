@@ -5,9 +5,8 @@ Only experts, routers, layer weights and head train. Score convention: `logits[:
 more bona fide (label 1 = bonafide, 0 = spoof), mapped to a log-likelihood ratio when `config.calibration` is set.
 """
 
+import functools
 import os
-import shutil
-import tempfile
 
 import torch
 import torch.nn.functional as F
@@ -16,16 +15,17 @@ from transformers import AutoConfig, PreTrainedModel
 from transformers import initialization as init
 
 from .adapter_config import MoLExAdapterConfig
+from .atomic_saves import check_before_load, check_model_folder
 from .backbones import backbone_normalizes_audio, build_backbone, disable_layerdrop, load_pretrained_backbone
 from .configuration_molex import MoLExConfig
 from .expert_management import MoLExExpertsMixin
-from .experts_io import save_expert_pack
 from .feature_extraction_molex import MoLExFeatureExtractor
 from .finite_checks import check_finite_tensors
 from .heads import AttentiveStatisticsPooling, ClassificationHead, MeanPooling, WeightedLayerSum
 from .hub_upload import push_model_in_one_commit
 from .injection import inject_experts
 from .layers import MoLExLinear
+from .model_folder import write_model_folder
 from .model_inputs import (
     check_clip_lengths,
     minimum_input_samples,
@@ -162,19 +162,19 @@ class MoLExForAudioClassification(WaveformScoringMixin, MoLExExpertsMixin, MoLEx
     def from_pretrained(cls, *args, **kwargs) -> "MoLExForAudioClassification":
         # Loading materialises fresh parameters (requires_grad=True everywhere): freeze again after it.
         wants_info = kwargs.pop("output_loading_info", False)
+        source = args[0] if args else kwargs.get("pretrained_model_name_or_path")
+        check_before_load(source)  # no FIFO in it; an interrupted save may have left the previous version beside it
         model, info = super().from_pretrained(*args, output_loading_info=True, **kwargs)
         # Every weight comes from the checkpoint: a missing one (expert, router, head or backbone) would otherwise be
         # silently random-initialised and give a wrong score with no error.
         missing = sorted(info.get("missing_keys", []))
         if missing:
             raise ValueError(
-                f"{args[0] if args else kwargs.get('pretrained_model_name_or_path')}: the checkpoint lacks "
-                f"{len(missing)} weight(s) that config.json declares: {missing[:8]}"
+                f"{source}: the checkpoint lacks {len(missing)} weight(s) that config.json declares: {missing[:8]}"
             )
         # A NaN or infinite weight would give every clip a NaN score (and NaN >= 0 is False: the verdict "spoof").
-        check_finite_tensors(
-            model.state_dict().items(), str(args[0] if args else kwargs.get("pretrained_model_name_or_path"))
-        )
+        check_finite_tensors(model.state_dict().items(), str(source))
+        check_model_folder(source, model.config)  # a local folder mixing files of two saves is refused
         _align_cpu_tensors(model)
         model.apply_trainability()
         return (model, info) if wants_info else model
@@ -306,28 +306,16 @@ class MoLExForAudioClassification(WaveformScoringMixin, MoLExExpertsMixin, MoLEx
         return push_model_in_one_commit(self, repo_id, **kwargs)
 
     def save_pretrained(self, save_directory: str | os.PathLike, is_main_process: bool = True, **kwargs) -> None:
-        """Hub-ready folder: config + weights + remote code, `preprocessor_config.json`, and `experts/` (one PEFT
-        LoRA folder per expert plus the pack's `molex_pack_config.json` and router rows).
+        """Hub-ready folder: config + weights + remote code, `preprocessor_config.json`, `experts/` (one PEFT
+        LoRA folder per expert plus the pack's `molex_pack_config.json` and router rows) and the routing signatures
+        the model scores novelty with (`routing_signatures.json`, extended after domain adaptation).
 
-        Everything is written to a staging folder first and moved into place only when all of it succeeded, so a
-        failure never leaves a folder whose weights, config and experts disagree."""
+        The whole folder is built in a hidden sibling and swapped in at once, so a crash (even kill -9) leaves the
+        previous save or this one, never a mix; every file carries this save's id, checked by `from_pretrained`.
+        See model_folder.py for what is carried over from an earlier save in the folder."""
         if not is_main_process:  # other ranks of a distributed run write nothing (positional, as in transformers)
             return
-        save_directory = os.path.abspath(save_directory)
-        os.makedirs(os.path.dirname(save_directory), exist_ok=True)
-        staging = tempfile.mkdtemp(prefix=".molex-save-", dir=os.path.dirname(save_directory))
-        try:
-            super().save_pretrained(staging, **kwargs)
-            self.feature_extractor().save_pretrained(staging)
-            save_expert_pack(self, os.path.join(staging, "experts"), None)
-            os.makedirs(save_directory, exist_ok=True)
-            for name in os.listdir(staging):
-                target = os.path.join(save_directory, name)
-                if os.path.isdir(target) and not os.path.islink(target):
-                    shutil.rmtree(target)
-                os.replace(os.path.join(staging, name), target)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
+        write_model_folder(self, save_directory, functools.partial(super().save_pretrained, **kwargs))
 
 
 @torch.no_grad()

@@ -54,18 +54,25 @@ from .silence_gate import MIN_ACTIVE_SECONDS, active_seconds
 
 
 __all__ = [
+    "MAX_PLAIN_PEAK",
     "MIN_SAMPLING_RATE",
     "MIN_SECONDS",
     "SILENCE_DBFS",
     "WaveformScore",
     "WaveformScoringMixin",
+    "bonafide_probability",
+    "check_sampling_rate",
+    "clip_result",
     "load_model_signatures",
     "score_waveforms",
+    "score_window_batch",
+    "verdict",
     "window_starts",
 ]
 
 MIN_SECONDS = 0.1  # shorter input is refused: it holds too few frames to say anything
 SILENCE_DBFS = -60.0  # RMS level below which a clip counts as near-silent (no speech energy to judge)
+MAX_PLAIN_PEAK = 1e6  # louder audio is divided by its peak before the float32 cast (normalisation is scale-free)
 
 
 @dataclass
@@ -143,25 +150,35 @@ class _Clip:
     active_seconds: float  # of 20 ms frames at or above the silence threshold
 
 
-def _prepare(wave, rate: int, model_rate: int, crop: int, hop: int, name: str, silence_dbfs: float) -> _Clip:
-    channels_first = as_channels_first(wave, name)
+def check_sampling_rate(rate, name: str) -> int:
+    """The rate as an int, or `AudioInputError` naming the input (not a positive integer, below 8 kHz)."""
     if not isinstance(rate, int | np.integer) or isinstance(rate, bool) or rate <= 0:
         raise AudioInputError(f"{name}: sampling_rate must be a positive integer (Hz), got {rate!r}")
     if rate < MIN_SAMPLING_RATE:
         raise AudioInputError(f"{name}: sampling_rate is {rate} Hz; at least {MIN_SAMPLING_RATE} Hz is needed "
                               "(below it the speech band is gone)")  # fmt: skip
+    return int(rate)
+
+
+def overflow_error(name: str) -> AudioInputError:
+    return AudioInputError(f"{name}: sample values overflow when mixed or resampled (|x| near float32's limit)")
+
+
+def _prepare(wave, rate: int, model_rate: int, crop: int, hop: int, name: str, silence_dbfs: float) -> _Clip:
+    channels_first = as_channels_first(wave, name)
+    rate = check_sampling_rate(rate, name)
     duration = channels_first.shape[1] / rate
     if duration < MIN_SECONDS:
         raise AudioInputError(f"{name} is {duration:.3f} s long; at least {MIN_SECONDS} s "
                               f"({math.ceil(MIN_SECONDS * rate)} samples at {rate} Hz) of audio is needed")  # fmt: skip
     mono, policy = to_mono(channels_first)
     level = level_dbfs(mono)
-    active = active_seconds(mono, int(rate), silence_dbfs)
-    mono = resample(mono, int(rate), model_rate, name)
+    active = active_seconds(mono, rate, silence_dbfs)
+    mono = resample(mono, rate, model_rate, name)
     peak = float(max(mono.max(), -mono.min()))
     if not math.isfinite(peak):
-        raise AudioInputError(f"{name}: sample values overflow when mixed or resampled (|x| near float32's limit)")
-    if peak > 1e6:  # normalisation is scale-free: bring absurd values into float32's comfortable range first
+        raise overflow_error(name)
+    if peak > MAX_PLAIN_PEAK:  # normalisation is scale-free: bring absurd values into float32's comfortable range
         mono = mono / peak
     mono = torch.from_numpy(np.ascontiguousarray(mono, dtype=np.float32))  # 4 bytes per sample of audio
     if mono.numel() < crop:
@@ -170,8 +187,77 @@ def _prepare(wave, rate: int, model_rate: int, crop: int, hop: int, name: str, s
     return _Clip(mono, starts, duration, int(rate), channels_first.shape[0], policy, level, active)
 
 
-def _normalise(windows: torch.Tensor, enabled: bool) -> torch.Tensor:
-    return normalize_waveforms(windows) if enabled else windows
+@torch.inference_mode()
+def score_window_batch(model, windows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, crop) float32 windows at the model's rate -> raw scores logit[bonafide] - logit[spoof] (B,) float64 and
+    expert usage (B, routers, experts) float32, on the CPU. Each window is normalised first when the model says so."""
+    if model.config.normalize_audio:
+        windows = normalize_waveforms(windows)
+    parameter = next(model.parameters())
+    output = model(input_values=windows.to(device=parameter.device, dtype=parameter.dtype))
+    logits = output.logits.float()
+    return (logits[:, 1] - logits[:, 0]).double().cpu(), output.expert_usage.float().cpu()
+
+
+def clip_result(
+    model,
+    window_scores: torch.Tensor,
+    window_usage: torch.Tensor,
+    starts: Sequence[int],
+    *,
+    silent: bool,
+    calibrated: bool,
+    level: float,
+    duration: float,
+    rate: int,
+    channels: int,
+    channel_policy: str,
+    signatures: RoutingSignatures | None,
+    name: str = "wave",
+) -> WaveformScore:
+    """The clip's `WaveformScore` from its windows' (calibrated, float64, finite) scores and usages; a silent clip
+    gets the clip fields only. The one place both the offline path and a stream's `finish()` build a result."""
+    config = model.config
+    common = dict(
+        silent=silent,
+        calibrated=calibrated,
+        level_dbfs=level,
+        window_seconds=int(config.crop_samples) / int(config.sampling_rate),
+        router_names=list(model.router_names),
+        duration=duration,
+        sampling_rate=rate,
+        channels=channels,
+        channel_policy=channel_policy,
+    )
+    if silent:
+        return WaveformScore(**common)
+    score = float(window_scores.mean())
+    if not math.isfinite(score):  # finite windows whose mean overflows (|scores| near 1e308)
+        raise NonFiniteScoreError(f"{name}: the mean of the window scores is not finite ({score}); no verdict")
+    novelty = None
+    if signatures is not None:
+        novelty = clip_novelty(window_usage.numpy(), signatures, int(config.adapter.top_k))
+    return WaveformScore(
+        score=score,
+        bonafide_probability=bonafide_probability(score),
+        verdict=verdict(score),
+        window_starts=torch.tensor(list(starts), dtype=torch.float64) / int(config.sampling_rate),
+        window_scores=window_scores.float(),
+        expert_usage=window_usage.mean(dim=0),
+        window_expert_usage=window_usage,
+        novelty=novelty,
+        **common,
+    )
+
+
+def bonafide_probability(score: float) -> float:
+    """sigmoid(score), without overflow for very negative scores."""
+    return 1.0 / (1.0 + math.exp(-score)) if score > -700 else 0.0
+
+
+def verdict(score: float) -> str:
+    """The verdict for a score: bonafide when it is >= 0 (equal priors and costs), else spoof."""
+    return "bonafide" if score >= 0 else "spoof"
 
 
 @torch.inference_mode()
@@ -220,15 +306,12 @@ def score_waveforms(
     silent = [flag_silence and clip.active_seconds < MIN_ACTIVE_SECONDS for clip in clips]
     jobs = [(i, start) for i, clip in enumerate(clips) if not silent[i] for start in clip.starts]
 
-    parameter = next(model.parameters())
     raw_scores, usages = [], []
     for first in range(0, len(jobs), batch_size):
         batch = torch.stack([clips[i].wave[s : s + crop] for i, s in jobs[first : first + batch_size]])
-        inputs = _normalise(batch, bool(config.normalize_audio)).to(device=parameter.device, dtype=parameter.dtype)
-        output = model(input_values=inputs)
-        logits = output.logits.float()
-        raw_scores.append((logits[:, 1] - logits[:, 0]).double().cpu())
-        usages.append(output.expert_usage.float().cpu())
+        raw, usage = score_window_batch(model, batch)
+        raw_scores.append(raw)
+        usages.append(usage)
     raw = torch.cat(raw_scores) if raw_scores else torch.zeros(0, dtype=torch.float64)
     usage = torch.cat(usages) if usages else None
     calibration = config.calibration if calibrate else None
@@ -238,48 +321,30 @@ def score_waveforms(
 
     results, position = [], 0
     for i, clip in enumerate(clips):
-        common = dict(
-            silent=silent[i],
-            calibrated=calibration is not None,
-            level_dbfs=clip.level,
-            window_seconds=crop / model_rate,
-            router_names=list(model.router_names),
-            duration=clip.duration,
-            sampling_rate=clip.rate,
-            channels=clip.channels,
-            channel_policy=clip.channel_policy,
-        )
-        if silent[i]:
-            results.append(WaveformScore(**common))
-            continue
-        count = len(clip.starts)
-        scores = window_scores[position : position + count]
-        window_usage = usage[position : position + count]
-        position += count
-        score = float(scores.mean())
-        if not math.isfinite(score):  # finite windows whose mean overflows (|scores| near 1e308)
-            raise NonFiniteScoreError(f"{names[i]}: the mean of the window scores is not finite ({score}); no verdict")
-        novelty = None
-        if signatures is not None:
-            novelty = clip_novelty(window_usage.numpy(), signatures, int(config.adapter.top_k))
+        count = 0 if silent[i] else len(clip.starts)
         results.append(
-            WaveformScore(
-                score=score,
-                bonafide_probability=1.0 / (1.0 + math.exp(-score)) if score > -700 else 0.0,
-                verdict="bonafide" if score >= 0 else "spoof",
-                window_starts=torch.tensor(clip.starts, dtype=torch.float64) / model_rate,
-                window_scores=scores.float(),
-                expert_usage=window_usage.mean(dim=0),
-                window_expert_usage=window_usage,
-                novelty=novelty,
-                **common,
+            clip_result(
+                model,
+                window_scores[position : position + count],
+                usage[position : position + count] if count else None,
+                clip.starts,
+                silent=silent[i],
+                calibrated=calibration is not None,
+                level=clip.level,
+                duration=clip.duration,
+                rate=clip.rate,
+                channels=clip.channels,
+                channel_policy=clip.channel_policy,
+                signatures=signatures,
+                name=names[i],
             )
         )
+        position += count
     return results
 
 
 # Signatures are read once per file version (path, modification time), shared by every thread.
-_SIGNATURES_CACHE: dict[tuple[str, int], RoutingSignatures] = {}
+_SIGNATURES_CACHE: dict[tuple, RoutingSignatures] = {}
 _SIGNATURES_LOCK = threading.Lock()
 
 
@@ -290,13 +355,15 @@ def load_model_signatures(model) -> RoutingSignatures | None:
     path = _signatures_path(str(getattr(model, "name_or_path", "") or ""))
     if path is None:
         return None
-    key = (path, os.stat(path).st_mtime_ns)
+    adapter = model.config.adapter  # the layout is in the key: an adapted model gets extended signatures
+    layout = (tuple(model.router_names), tuple(adapter.expert_packs.items()), adapter.top_k)
+    key = (path, os.stat(path).st_mtime_ns, layout)
     with _SIGNATURES_LOCK:
         cached = _SIGNATURES_CACHE.get(key)
     if cached is None:
-        config = model.config
+        signatures = _read_signatures_file(path)
         cached = check_signatures(
-            _read_signatures_file(path), model.router_names, config.adapter.num_experts, config.adapter.top_k, path
+            signatures, model.router_names, adapter.num_experts, adapter.top_k, path, adapter.expert_packs
         )
         with _SIGNATURES_LOCK:
             _SIGNATURES_CACHE[key] = cached
@@ -318,7 +385,8 @@ def _signatures_path(name_or_path: str) -> str | None:
 
 
 class WaveformScoringMixin:
-    """`score_waveform`, `score_waveforms` and `score_file` for MoLExForAudioClassification (state-free)."""
+    """`score_waveform`, `score_waveforms`, `score_file` and `streaming_scorer` for MoLExForAudioClassification
+    (state-free: a stream's state lives on the stream)."""
 
     def score_waveforms(self, waves: Sequence, sampling_rates: int | Sequence[int], **kwargs) -> list[WaveformScore]:
         """Score several clips with their windows batched together; see `scoring.score_waveforms`."""
@@ -343,6 +411,14 @@ class WaveformScoringMixin:
         except MemoryError:
             raise AudioInputError(f"{name}: scoring it needs more memory than is free ({wave.shape[1] / rate:.1f} s "
                                   f"at {rate} Hz; lower max_seconds, now {max_seconds})") from None  # fmt: skip
+
+    def streaming_scorer(self, sampling_rate: int, **kwargs):
+        """A live scorer: `push(chunk)` returns each window's score and verdict as soon as its last sample is in,
+        `finish()` returns what `score_waveform` gives for the whole stream. Keyword arguments as in
+        `score_waveforms`; see `streaming.StreamingScorer` for how it decides what the offline path decides."""
+        from .streaming import StreamingScorer
+
+        return StreamingScorer(self, sampling_rate, **kwargs)
 
     def routing_signatures(self) -> RoutingSignatures | None:
         """The routing signatures `score_waveform` uses for novelty (None when the model ships none)."""

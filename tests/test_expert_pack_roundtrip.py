@@ -5,12 +5,19 @@ look fine; here every router gets its own random rows before saving.
 """
 
 import json
+import re
 
 import torch
 from conftest import random_audio, randomize_experts, tiny_backbone_config
+from safetensors import safe_open
 from safetensors.torch import load_file
 
 from modeling_molex import MoLExAdapterConfig, MoLExConfig, MoLExForAudioClassification
+
+
+def load_file_metadata(path) -> dict:
+    with safe_open(str(path), framework="pt") as handle:
+        return handle.metadata()
 
 
 def build(scope: str = "block", seed: int = 0) -> MoLExForAudioClassification:
@@ -102,9 +109,19 @@ def test_a_pack_file_holding_three_packs_gives_each_its_own_rows_and_weights(tmp
     trained.save_experts(tmp_path / "pack", names=packs)
     index = json.loads((tmp_path / "pack" / "index.json").read_text())  # the documented pack format
     backbone = trained.config.backbone_config
+    save_id = index["save_id"]  # the same id in every file of this save (see atomic_saves.py)
+    assert re.fullmatch(r"[0-9a-f]{32}", save_id)
+    assert {
+        name: load_file_metadata(tmp_path / "pack" / name)
+        for name in ("router.safetensors", "expert_3/adapter_model.safetensors")
+    } == {
+        name: {"format": "pt", "molex_save_id": save_id}
+        for name in ("router.safetensors", "expert_3/adapter_model.safetensors")
+    }
     assert {k: v for k, v in index.items() if k != "experts"} == {
         "format": "molex-expert-pack",
         "version": 1,
+        "save_id": save_id,
         "backbone": {"model_type": "wav2vec2", "hidden_size": backbone.hidden_size,
                      "num_hidden_layers": backbone.num_hidden_layers,
                      "name_or_path": trained.config.adapter.base_model_name_or_path},

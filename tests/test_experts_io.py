@@ -225,7 +225,7 @@ def test_failed_save_leaves_the_folder_untouched(tmp_path, monkeypatch):
     def broken(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr("modeling_molex.modeling_molex.save_expert_pack", broken)
+    monkeypatch.setattr("modeling_molex.model_folder.save_expert_pack", broken)
     with pytest.raises(OSError, match="disk full"):
         model.save_pretrained(tmp_path / "model")
     assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "model").iterdir()} == before
@@ -319,7 +319,8 @@ def test_a_refused_load_leaves_the_model_unchanged_and_a_valid_load_still_works(
     assert (
         error.value.args[0]
         == {  # each error names the file and what is wrong in it
-            "index_lists_fewer_experts": f"{bad / 'index.json'}: `experts` lists 2 experts, the pack config declares 3",
+            "index_lists_fewer_experts": f"{bad / 'index.json'}: `experts` lists 2 experts, the pack config declares 3 "
+            f"(`expert_packs` of {bad / 'molex_pack_config.json'})",
             "expert_tensor_missing": f"{weights_path}: missing tensor {key!r}",
             "expert_tensor_wrong_shape": f"{weights_path}: tensor {key!r} has shape (2, 64), expected (4, 64)",
             "router_rows_missing": f"{bad / 'router.safetensors'}: no rows for routers ['layer_1']",

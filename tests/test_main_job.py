@@ -44,6 +44,7 @@ def test_main_job_runs_end_to_end(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "| eval, unseen attacks |" in printed and "MFCC+LR EER (%)" in printed
     assert "expert-usage heatmap:" in printed
+    assert "| A14 | Piper VITS neural TTS, en_US-joe-medium | known |" in printed  # per-attack rows, MoLEx and MFCC
     saved = json.loads((output / "results.json").read_text())
     assert saved == json.loads((output / "model" / "results.json").read_text())
     assert saved["metrics"]["eval_unseen_attacks"]["attacks"] == ["A10", "A11", "A12"]

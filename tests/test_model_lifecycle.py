@@ -12,6 +12,7 @@ from conftest import random_audio, randomize_experts, tiny_backbone_config
 from safetensors.torch import load_file, save_file
 from transformers import AutoModel, Wav2Vec2FeatureExtractor
 
+import modeling_molex.model_folder as model_folder
 import modeling_molex.modeling_molex as modeling
 from modeling_molex import MoLExAdapterConfig, MoLExConfig, MoLExForAudioClassification
 from modeling_molex.heads import MeanPooling, WeightedLayerSum
@@ -218,7 +219,7 @@ def test_a_failed_save_leaves_no_folder_and_stages_next_to_the_target(trained_mo
         seen["staged"] = sorted(os.listdir(staging))
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(modeling, "save_expert_pack", failing_pack)
+    monkeypatch.setattr(model_folder, "save_expert_pack", failing_pack)
     with pytest.raises(RuntimeError, match="disk full"):
         trained_model.save_pretrained(tmp_path / "model")
     assert os.path.dirname(seen["staging"]) == str(tmp_path)

@@ -33,6 +33,6 @@ def test_the_encoder_loads_as_a_standard_model_with_its_feature_extractor_and_un
     assert (model.backbone.feature_extractor.conv_layers[0].conv.weight == weight).all()
 
 
-def test_the_main_job_trains_on_the_shipped_encoder_by_default():
-    config = yaml.safe_load((ROOT / "configs" / "tiny.yaml").read_text())
+def test_the_ssl_main_job_config_trains_on_the_shipped_encoder():
+    config = yaml.safe_load((ROOT / "configs" / "tiny_ssl.yaml").read_text())
     assert (ROOT / config["backbone"]).resolve() == ENCODER

@@ -241,7 +241,7 @@ def test_yaml_config_with_overrides_and_errors(tmp_path):
 
 
 def test_shipped_configs_parse():
-    for name in ("tiny.yaml", "asvspoof5_xlsr300m.yaml", "asvspoof5_wavlm_large.yaml"):
+    for name in ("tiny.yaml", "tiny_ssl.yaml", "asvspoof5_xlsr300m.yaml", "asvspoof5_wavlm_large.yaml"):
         config = parse_train_config(["--config", str(REPO / "configs" / name)])
         assert config.crop_samples > 0 and config.learning_rate > 0
 

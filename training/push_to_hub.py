@@ -35,6 +35,7 @@ from modeling_molex.hub_upload import (
     scrub_local_paths,
     upload_folder_in_one_commit,
 )
+from modeling_molex.safe_files import FolderFiles, UnsafeFileError
 from training.hub.model_card import (
     PRIVATE_CONFIG_KEYS,
     CardError,
@@ -80,10 +81,13 @@ def _check_pack(pack_dir: Path) -> dict:
     index = _read_json(pack_dir / "index.json")
     if index.get("format") != "molex-expert-pack" or not index.get("experts"):
         raise PushError(f"{pack_dir / 'index.json'}: `format` must be 'molex-expert-pack' with a non-empty `experts`")
+    files = FolderFiles(pack_dir)
     for entry in index["experts"]:
         for name in ("adapter_config.json", "adapter_model.safetensors"):
-            if not (pack_dir / entry["name"] / name).is_file():
-                raise PushError(f"{pack_dir}: expert {entry['name']!r} has no {name}")
+            try:
+                _checked_file(files, f"{entry['name']}/{name}")
+            except FileNotFoundError:
+                raise PushError(f"{pack_dir}: expert {entry['name']!r} has no {name}") from None
     return index
 
 
@@ -125,6 +129,29 @@ def _find_figure(results_path: Path, relative: str) -> Path:
     raise PushError(f"{results_path}: figure {relative!r} is neither next to it nor one folder up")
 
 
+def _checked_file(files: FolderFiles, relative: str) -> str:
+    """Path of a file of the folder to stage: a regular file inside it only, never a link out of it (such as a token
+    beside the model) nor a FIFO that would hang the copy."""
+    try:
+        return files.file(relative)
+    except UnsafeFileError as error:
+        raise PushError(f"{error}; nothing was staged or pushed") from error
+
+
+def _copy_tree_checked(files: FolderFiles, relative: str, destination: Path) -> None:
+    """Copy a folder of the model (an expert) file by file, each checked by `_checked_file`."""
+    folder = Path(files.root, relative)
+    if folder.is_symlink():
+        raise PushError(f"{folder} is a symbolic link (to {os.readlink(folder)!r}); nothing was staged or pushed")
+    destination.mkdir(parents=True)
+    for item in sorted(folder.iterdir()):
+        name = f"{relative}/{item.name}"
+        if item.is_dir() and not item.is_symlink():
+            _copy_tree_checked(files, name, destination / item.name)
+        else:
+            shutil.copy2(_checked_file(files, name), destination / item.name)
+
+
 def stage(
     model_dir: str | os.PathLike,
     staging: str | os.PathLike,
@@ -145,16 +172,19 @@ def stage(
     # What the repo shows of the run: known private keys dropped, any other local path cut to its last component.
     results = scrub_local_paths(public_results(results)) if results is not None else None
     pack_root = staging if experts_only else staging / "experts"
+    model_files, pack_files = FolderFiles(model_dir), FolderFiles(pack_dir)
     if not experts_only:
         for item in sorted(model_dir.iterdir()):
-            if item.is_file() and not item.name.startswith(".") and item.name not in ("README.md", "results.json"):
-                shutil.copy2(item, staging / item.name)
+            if item.name.startswith(".") or item.name in ("README.md", "results.json", "experts"):
+                continue
+            if item.is_symlink() or not item.is_dir():  # folders other than experts/ are not published
+                shutil.copy2(_checked_file(model_files, item.name), staging / item.name)
     pack_root.mkdir(parents=True, exist_ok=True)
     for name in PACK_FILES:  # index.json is rewritten below, enriched
-        shutil.copy2(pack_dir / name, pack_root / name)
-    shutil.copy2(pack_dir / _pack_config_name(pack_dir), pack_root / PACK_CONFIG_NAME)
+        shutil.copy2(_checked_file(pack_files, name), pack_root / name)
+    shutil.copy2(_checked_file(pack_files, _pack_config_name(pack_dir)), pack_root / PACK_CONFIG_NAME)
     for entry in index["experts"]:
-        shutil.copytree(pack_dir / entry["name"], pack_root / entry["name"])
+        _copy_tree_checked(pack_files, entry["name"], pack_root / entry["name"])
     scrub_folder(staging)  # local paths out of config.json, train_config.yaml, experts/*, before the card reads them
     config = _read_json(staging / "config.json") if is_model and not experts_only else config
     index = enrich_index(_read_json(pack_root / "index.json"), results)

@@ -14,8 +14,9 @@ from typing import Any, Literal, Union, get_args, get_origin
 import yaml
 from transformers import HfArgumentParser
 
+from training.encoders.named_backbones import TINY_RANDOM_BACKBONE
 
-TINY_RANDOM_BACKBONE = "tiny-random"
+
 DATASETS = ("asvspoof5", "asvspoof2019_la", "in_the_wild", "csv")
 
 
@@ -29,8 +30,9 @@ def _help(text: str, default: Any = dataclasses.MISSING, **kwargs) -> Any:
 class TrainConfig:
     # ----- model -----
     backbone: str = _help(
-        f"Speech SSL backbone: a Hub id (facebook/wav2vec2-xls-r-300m, microsoft/wavlm-large), a local folder, or "
-        f"'{TINY_RANDOM_BACKBONE}' for a tiny randomly initialised wav2vec2 (offline demos and tests).",
+        f"Speech encoder: a Hub id (facebook/wav2vec2-xls-r-300m, microsoft/wavlm-large, openai/whisper-base), a local "
+        f"folder, 'whisper-tiny.en' or 'whisper-base' (OpenAI Whisper from the pinned PyPI packages, converted once "
+        f"into outputs/encoders), or '{TINY_RANDOM_BACKBONE}' for a tiny randomly initialised wav2vec2 (tests).",
         TINY_RANDOM_BACKBONE,
     )
     init_from: str | None = _help("Start from this trained MoLEx model folder instead of a fresh one.", None)

@@ -1,8 +1,5 @@
 """The pieces a training run is assembled from: corpus, model, data loaders and optimizer, from a `TrainConfig`."""
 
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -16,8 +13,13 @@ from modeling_molex.layers import MoLExLinear
 from modeling_molex.model_inputs import minimum_input_samples
 from training.data.audio import ClipPolicy
 from training.data.loaders import AudioCollator, ScoredSplit, load_asvspoof5, load_asvspoof2019_la, load_csv_dataset
-from training.encoders.tiny_random import build_tiny_backbone
-from training.trainer.config import TINY_RANDOM_BACKBONE, TrainConfig
+from training.encoders.named_backbones import (
+    NAMED_BACKBONES,
+    TINY_RANDOM_BACKBONE,
+    named_backbone_folder,
+    resolve_named_backbone,
+)
+from training.trainer.config import TrainConfig
 from training.trainer.distributed import share_folder
 
 
@@ -90,11 +92,8 @@ def build_model(config: TrainConfig, accelerator: Accelerator) -> MoLExForAudioC
             model.add_experts(config.add_experts, pack_name=config.new_pack_name, train_head=config.train_head)
     else:
         backbone = config.backbone
-        if backbone == TINY_RANDOM_BACKBONE:
-            backbone = os.path.join(config.output_dir, "tiny_backbone")
-            if accelerator.is_main_process:
-                _build_tiny_backbone_once(backbone, config.seed)
-            share_folder(backbone, accelerator)  # nodes need not share a disk
+        if backbone in NAMED_BACKBONES:
+            backbone = prepare_named_backbone(backbone, config, accelerator)
         adapter = MoLExAdapterConfig(**{field: getattr(config, name) for field, name in ADAPTER_FIELDS.items()})
         torch.manual_seed(config.seed)
         model = MoLExForAudioClassification.from_backbone(
@@ -120,7 +119,14 @@ def build_model(config: TrainConfig, accelerator: Accelerator) -> MoLExForAudioC
     return model
 
 
-BACKBONE_DROPOUT_FIELDS = ("hidden_dropout", "attention_dropout", "activation_dropout", "feat_proj_dropout")
+# wav2vec2-style configs name them hidden/attention/activation/feat_proj; WhisperConfig has dropout, attention, activation
+BACKBONE_DROPOUT_FIELDS = (
+    "hidden_dropout",
+    "attention_dropout",
+    "activation_dropout",
+    "feat_proj_dropout",
+    "dropout",
+)
 
 
 def backbone_dropout_overrides(backbone: str, dropout: float | None) -> dict[str, float] | None:
@@ -131,19 +137,22 @@ def backbone_dropout_overrides(backbone: str, dropout: float | None) -> dict[str
     return {name: dropout for name in BACKBONE_DROPOUT_FIELDS if name in fields}
 
 
-def _build_tiny_backbone_once(folder: str, seed: int) -> None:
-    """Build the seeded tiny backbone into `folder` unless it is there; staged and renamed, so that a run killed
-    while building leaves no half-written folder."""
-    if os.path.isfile(os.path.join(folder, "config.json")):
-        return
-    parent = os.path.dirname(folder) or "."
-    os.makedirs(parent, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=".tiny_backbone-", dir=parent)
-    try:
-        build_tiny_backbone(staging, seed)
-        os.replace(staging, folder)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+def prepare_named_backbone(backbone: str, config: TrainConfig, accelerator: Accelerator) -> str:
+    """The local folder of a named backbone (`tiny-random`, `whisper-tiny.en`, `whisper-base`), made ready on every
+    node: the seeded tiny backbone is built on the main process and sent to the others; Whisper is converted from
+    its pinned packages on the main process first, then on each other node that lacks it (a shared disk already has
+    it), because 150-300 MB are better read from a local package than broadcast."""
+    folder = named_backbone_folder(backbone, config.output_dir)
+    if accelerator.is_main_process:
+        resolve_named_backbone(backbone, config.output_dir, config.seed)
+    if backbone == TINY_RANDOM_BACKBONE:
+        share_folder(folder, accelerator)  # nodes need not share a disk
+        return folder
+    accelerator.wait_for_everyone()
+    if accelerator.is_local_main_process and not accelerator.is_main_process:
+        resolve_named_backbone(backbone, config.output_dir, config.seed)
+    accelerator.wait_for_everyone()
+    return folder
 
 
 def min_input_samples(backbone_config) -> int:
