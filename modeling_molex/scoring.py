@@ -13,8 +13,11 @@ How a clip is scored:
    and scored: raw score = logit[bonafide] - logit[spoof], then the stored calibration (an LLR) unless
    `calibrate=False`. The clip's score is the mean of its window scores; P(bona fide) = sigmoid(score) (the
    posterior at equal priors when calibrated); the verdict is "bonafide" when score >= 0, else "spoof";
-4. a clip whose RMS level is below `silence_dbfs` gets no score and no verdict (`silent=True`) unless
-   `flag_silence=False` (corpus evaluation scores every trial, as the official protocol does).
+4. a clip with less than 0.1 s of 20 ms frames whose level, DC removed, reaches `silence_dbfs` gets no score and no
+   verdict (`silent=True`; see silence_gate.py: a DC offset or a click is not speech) unless `flag_silence=False`
+   (corpus evaluation scores every trial, as the official protocol does);
+5. every window's raw and calibrated score must be finite: a NaN or an infinity is an error naming the clip and the
+   step (finite_checks.py), never a verdict.
 """
 
 import math
@@ -27,15 +30,32 @@ import numpy as np
 import torch
 from transformers.utils import ModelOutput
 
-from .audio_io import AudioInputError, as_channels_first, decode_audio, level_dbfs, resample, to_mono
+from .audio_io import (
+    DEFAULT_MAX_SECONDS,
+    AudioInputError,
+    as_channels_first,
+    decode_audio,
+    level_dbfs,
+    resample,
+    to_mono,
+)
 from .feature_extraction_molex import normalize_waveforms
+from .finite_checks import (
+    MIN_SAMPLING_RATE,
+    NonFiniteScoreError,
+    check_window_scores,
+    finite_number,
+    int_in_range,
+)
 from .novelty import SIGNATURES_FILE, NoveltyResult, RoutingSignatures, check_signatures, clip_novelty
 from .novelty import load_routing_signatures as _read_signatures_file
 from .outputs import calibrate_scores
+from .silence_gate import MIN_ACTIVE_SECONDS, active_seconds
 
 
 __all__ = [
     "MAX_PLAIN_PEAK",
+    "MIN_SAMPLING_RATE",
     "MIN_SECONDS",
     "SILENCE_DBFS",
     "WaveformScore",
@@ -65,7 +85,7 @@ class WaveformScore(ModelOutput):
         verdict: "bonafide" (score >= 0) or "spoof"; None when `silent`.
         silent: the input's RMS level is below the silence threshold: no verdict is given.
         calibrated: the model's stored calibration was applied.
-        level_dbfs: RMS level of the (mono) input in dBFS.
+        level_dbfs: RMS level of the (mono) input's AC part (DC offset removed) in dBFS.
         window_starts: (W,) start of each window in seconds.
         window_seconds: window length in seconds.
         window_scores: (W,) score of each window (same scale as `score`).
@@ -127,12 +147,16 @@ class _Clip:
     channels: int
     channel_policy: str
     level: float
+    active_seconds: float  # of 20 ms frames at or above the silence threshold
 
 
 def check_sampling_rate(rate, name: str) -> int:
-    """The rate as an int, or `AudioInputError` naming the input."""
+    """The rate as an int, or `AudioInputError` naming the input (not a positive integer, below 8 kHz)."""
     if not isinstance(rate, int | np.integer) or isinstance(rate, bool) or rate <= 0:
         raise AudioInputError(f"{name}: sampling_rate must be a positive integer (Hz), got {rate!r}")
+    if rate < MIN_SAMPLING_RATE:
+        raise AudioInputError(f"{name}: sampling_rate is {rate} Hz; at least {MIN_SAMPLING_RATE} Hz is needed "
+                              "(below it the speech band is gone)")  # fmt: skip
     return int(rate)
 
 
@@ -140,14 +164,16 @@ def overflow_error(name: str) -> AudioInputError:
     return AudioInputError(f"{name}: sample values overflow when mixed or resampled (|x| near float32's limit)")
 
 
-def _prepare(wave, rate: int, model_rate: int, crop: int, hop: int, name: str) -> _Clip:
+def _prepare(wave, rate: int, model_rate: int, crop: int, hop: int, name: str, silence_dbfs: float) -> _Clip:
     channels_first = as_channels_first(wave, name)
     rate = check_sampling_rate(rate, name)
     duration = channels_first.shape[1] / rate
     if duration < MIN_SECONDS:
-        raise AudioInputError(f"{name} is {duration:.3f} s long; at least {MIN_SECONDS} s of audio is needed")
+        raise AudioInputError(f"{name} is {duration:.3f} s long; at least {MIN_SECONDS} s "
+                              f"({math.ceil(MIN_SECONDS * rate)} samples at {rate} Hz) of audio is needed")  # fmt: skip
     mono, policy = to_mono(channels_first)
     level = level_dbfs(mono)
+    active = active_seconds(mono, rate, silence_dbfs)
     mono = resample(mono, rate, model_rate, name)
     peak = float(max(mono.max(), -mono.min()))
     if not math.isfinite(peak):
@@ -158,7 +184,7 @@ def _prepare(wave, rate: int, model_rate: int, crop: int, hop: int, name: str) -
     if mono.numel() < crop:
         mono = mono.repeat(-(-crop // mono.numel()))[:crop]
     starts = window_starts(mono.numel(), crop, hop)
-    return _Clip(mono, starts, duration, int(rate), channels_first.shape[0], policy, level)
+    return _Clip(mono, starts, duration, int(rate), channels_first.shape[0], policy, level, active)
 
 
 @torch.inference_mode()
@@ -187,9 +213,10 @@ def clip_result(
     channels: int,
     channel_policy: str,
     signatures: RoutingSignatures | None,
+    name: str = "wave",
 ) -> WaveformScore:
-    """The clip's `WaveformScore` from its windows' (calibrated, float64) scores and usages; a silent clip gets the
-    clip fields only. The one place both the offline path and a stream's `finish()` build a result."""
+    """The clip's `WaveformScore` from its windows' (calibrated, float64, finite) scores and usages; a silent clip
+    gets the clip fields only. The one place both the offline path and a stream's `finish()` build a result."""
     config = model.config
     common = dict(
         silent=silent,
@@ -205,6 +232,8 @@ def clip_result(
     if silent:
         return WaveformScore(**common)
     score = float(window_scores.mean())
+    if not math.isfinite(score):  # finite windows whose mean overflows (|scores| near 1e308)
+        raise NonFiniteScoreError(f"{name}: the mean of the window scores is not finite ({score}); no verdict")
     novelty = None
     if signatures is not None:
         novelty = clip_novelty(window_usage.numpy(), signatures, int(config.adapter.top_k))
@@ -262,17 +291,19 @@ def score_waveforms(
     """
     config = model.config
     crop, model_rate = int(config.crop_samples), int(config.sampling_rate)
-    hop = int(hop_samples or max(1, crop // 2))
-    if batch_size < 1 or hop < 1:
-        raise ValueError(f"batch_size and hop_samples must be >= 1, got {batch_size} and {hop}")
+    int_in_range("batch_size", batch_size, 1)
+    hop = max(1, crop // 2) if hop_samples is None else int_in_range("hop_samples", hop_samples, 1)
+    silence_dbfs = finite_number("silence_dbfs", silence_dbfs, -200.0, 0.0)
     rates = [sampling_rates] * len(waves) if isinstance(sampling_rates, int | np.integer) else list(sampling_rates)
     names = list(names) if names is not None else [f"wave[{i}]" for i in range(len(waves))]
     if len(rates) != len(waves) or len(names) != len(waves):
         raise ValueError(f"got {len(waves)} waves, {len(rates)} sampling rates and {len(names)} names")
     if signatures == "auto":
         signatures = load_model_signatures(model)
-    clips = [_prepare(w, r, model_rate, crop, hop, n) for w, r, n in zip(waves, rates, names, strict=True)]
-    silent = [flag_silence and clip.level < silence_dbfs for clip in clips]
+    clips = [
+        _prepare(w, r, model_rate, crop, hop, n, silence_dbfs) for w, r, n in zip(waves, rates, names, strict=True)
+    ]
+    silent = [flag_silence and clip.active_seconds < MIN_ACTIVE_SECONDS for clip in clips]
     jobs = [(i, start) for i, clip in enumerate(clips) if not silent[i] for start in clip.starts]
 
     raw_scores, usages = [], []
@@ -285,6 +316,8 @@ def score_waveforms(
     usage = torch.cat(usages) if usages else None
     calibration = config.calibration if calibrate else None
     window_scores = calibrate_scores(raw, calibration)
+    owners = [(names[i], index) for i, clip in enumerate(clips) if not silent[i] for index in range(len(clip.starts))]
+    check_window_scores(raw, window_scores, owners, calibration)
 
     results, position = [], 0
     for i, clip in enumerate(clips):
@@ -303,6 +336,7 @@ def score_waveforms(
                 channels=clip.channels,
                 channel_policy=clip.channel_policy,
                 signatures=signatures,
+                name=names[i],
             )
         )
         position += count
@@ -363,15 +397,20 @@ class WaveformScoringMixin:
         per-window timeline, expert usage and novelty. Keyword arguments as in `scoring.score_waveforms`."""
         return score_waveforms(self, [wave], [sampling_rate], **kwargs)[0]
 
-    def score_file(self, path: str | os.PathLike, max_seconds: float | None = None, **kwargs) -> WaveformScore:
-        """Decode an audio file (soundfile, else ffmpeg: WAV, FLAC, MP3, OGG/Opus, WebM, M4A/AAC, ...) and score it."""
-        wave, rate = decode_audio(path)
+    def score_file(
+        self, path: str | os.PathLike, max_seconds: float | None = DEFAULT_MAX_SECONDS, **kwargs
+    ) -> WaveformScore:
+        """Decode an audio file (soundfile, else ffmpeg: WAV, FLAC, MP3, OGG/Opus, WebM, M4A/AAC, ...) and score it.
+
+        Files longer than `max_seconds` (default 600; None: no limit) are refused from their header, before
+        decoding; see `audio_decoding.decode_audio`. Running out of memory is an `AudioInputError` naming the file."""
         name = os.path.basename(os.fspath(path))
-        if max_seconds is not None and wave.shape[1] / rate > max_seconds:
-            raise AudioInputError(
-                f"{name} is {wave.shape[1] / rate:.1f} s long; at most {max_seconds:g} s is accepted here"
-            )
-        return score_waveforms(self, [wave], [rate], names=[name], **kwargs)[0]
+        wave, rate = decode_audio(path, max_seconds=max_seconds)
+        try:
+            return score_waveforms(self, [wave], [rate], names=[name], **kwargs)[0]
+        except MemoryError:
+            raise AudioInputError(f"{name}: scoring it needs more memory than is free ({wave.shape[1] / rate:.1f} s "
+                                  f"at {rate} Hz; lower max_seconds, now {max_seconds})") from None  # fmt: skip
 
     def streaming_scorer(self, sampling_rate: int, **kwargs):
         """A live scorer: `push(chunk)` returns each window's score and verdict as soon as its last sample is in,
@@ -386,9 +425,9 @@ class WaveformScoringMixin:
         return load_model_signatures(self)
 
     @staticmethod
-    def read_audio(path: str | os.PathLike) -> tuple[np.ndarray, int]:
+    def read_audio(path: str | os.PathLike, max_seconds: float | None = DEFAULT_MAX_SECONDS) -> tuple[np.ndarray, int]:
         """Decode an audio file -> (float32 (channels, samples), rate), as `score_file` does."""
-        return decode_audio(path)
+        return decode_audio(path, max_seconds=max_seconds)
 
     @staticmethod
     def pipeline_class():

@@ -18,9 +18,13 @@ How the stream makes the decisions the offline path (scoring.py) takes from the 
   and each channel) of every window, in one forward pass (C + 1 windows' compute; mono costs one); a window's
   reported score and verdict follow the rule applied to the RMS levels of all audio pushed so far, and `finish()`
   applies it to the whole stream's levels and returns that candidate's windows, as the offline path would.
-- silence: the offline path gives a clip whose whole RMS level is below `silence_dbfs` no score and no verdict. A
+- silence: the offline path gives a clip with less than 0.1 s of active 20 ms frames (frames whose level, DC removed,
+  reaches `silence_dbfs`; silence_gate.py) no score and no verdict. The stream counts the same frames of each
+  candidate as they arrive (`silence_gate.ActiveFrames`, a frame split between chunks completed by the next). A
   window's `verdict` (and `running_verdict`) is None while the stream so far is that quiet; its score is still
-  computed, since the stream may get louder; `finish()` decides from the whole stream's level.
+  computed, since the stream may get louder; `finish()` decides from the whole stream's frames. The reported
+  `level_dbfs` is the level of the AC part (the stream's mean removed), as offline, from running means and sums
+  of squared deviations combined chunk by chunk (exact for a DC offset too).
 - loudness: the offline path divides a clip whose peak exceeds 1e6 by that peak (normalisation is scale-free up to
   its epsilon); a stream divides each window by the running peak of its candidate when the window is scored. For
   audio within +-1e6 (all real audio) nothing is divided and the results are identical.
@@ -53,12 +57,14 @@ from .audio_io import (
     MAX_CHANNELS,
     AudioInputError,
     as_float_samples,
+    centred_sums,
     channel_choice,
     refuse_non_finite,
     rms_dbfs,
     soxr,
     sum_of_squares,
 )
+from .finite_checks import check_window_scores, finite_number, int_in_range
 from .outputs import calibrate_scores
 from .scoring import (
     MAX_PLAIN_PEAK,
@@ -73,6 +79,7 @@ from .scoring import (
     verdict,
     window_starts,
 )
+from .silence_gate import MIN_ACTIVE_SECONDS, ActiveFrames
 from .stream_buffers import Timeline, WindowBuffer
 
 
@@ -150,9 +157,9 @@ class StreamingScorer:
         self.name = name
         self.sampling_rate = check_sampling_rate(sampling_rate, name)
         self.window, self.model_rate = int(config.crop_samples), int(config.sampling_rate)
-        self.hop = int(hop_samples or max(1, self.window // 2))
-        if batch_size < 1 or self.hop < 1:
-            raise ValueError(f"batch_size and hop_samples must be >= 1, got {batch_size} and {self.hop}")
+        int_in_range("batch_size", batch_size, 1)
+        self.hop = max(1, self.window // 2) if hop_samples is None else int_in_range("hop_samples", hop_samples, 1)
+        silence_dbfs = finite_number("silence_dbfs", silence_dbfs, -200.0, 0.0)
         if self.sampling_rate != self.model_rate and soxr is None:
             raise AudioInputError(
                 f"{name}: resampling {self.sampling_rate} Hz to the model's {self.model_rate} Hz needs the `soxr` "
@@ -168,6 +175,9 @@ class StreamingScorer:
         self._input_samples = 0
         self._channels: int | None = None  # set by the first non-empty chunk
         self._sums: np.ndarray | None = None  # (K,) float64 sum of squares of each candidate at the input rate
+        self._means: np.ndarray | None = None  # (K,) float64 mean of each candidate so far
+        self._deviations: np.ndarray | None = None  # (K,) float64 sum of squared deviations from that mean
+        self._frames: ActiveFrames | None = None  # the silence gate's active 20 ms frames of each candidate
         self._buffer: WindowBuffer | None = None
         self._timeline: Timeline | None = None
         self._resampler = None
@@ -197,6 +207,8 @@ class StreamingScorer:
             if candidates is None:
                 return []
             self._sums += sum_of_squares(candidates)
+            self._add_centred_sums(candidates)
+            self._frames.add(candidates)
             self._input_samples += candidates.shape[1]
             decision = self._decision()
             windows: list[WindowScore] = []
@@ -276,6 +288,9 @@ class StreamingScorer:
     def _start(self, channels: int, candidates: int) -> None:
         self._channels = channels
         self._sums = np.zeros(candidates, dtype=np.float64)
+        self._means = np.zeros(candidates, dtype=np.float64)
+        self._deviations = np.zeros(candidates, dtype=np.float64)
+        self._frames = ActiveFrames(candidates, self.sampling_rate, self._silence_dbfs)
         self._buffer = WindowBuffer(candidates, self.window, self.hop)
         routers, experts = len(self._model.router_names), int(self._model.config.adapter.num_experts)
         self._timeline = Timeline(candidates, routers, experts)
@@ -283,6 +298,16 @@ class StreamingScorer:
             self._resampler = soxr.ResampleStream(
                 self.sampling_rate, self.model_rate, candidates, dtype="float64", quality="HQ"
             )
+
+    def _add_centred_sums(self, candidates: np.ndarray) -> None:
+        """Combine the chunk's means and sums of squared deviations with the stream's (Chan et al.'s pairwise
+        update): the level of the AC part without a one-pass sum of squares minus squared mean, which cancels."""
+        chunk_means, chunk_deviations = centred_sums(candidates)
+        before, added = self._input_samples, candidates.shape[1]
+        total = before + added
+        delta = chunk_means - self._means
+        self._deviations += chunk_deviations + delta * delta * (before * added / total)
+        self._means += delta * (added / total)
 
     def _resampled(self, piece: np.ndarray) -> np.ndarray:
         """(K, n) float64 at the input rate -> (K, m) at the model's rate (m lags n by the resampler's delay)."""
@@ -304,8 +329,9 @@ class StreamingScorer:
         else:
             loudest, policy = channel_choice(float(rms[0]), rms[1:])
             candidate = 0 if loudest is None else loudest + 1
-        level = rms_dbfs(float(rms[candidate]))
-        return _Decision(candidate, policy, level, bool(self._flag_silence and level < self._silence_dbfs))
+        level = rms_dbfs(float(np.sqrt(self._deviations[candidate] / self._input_samples)))
+        quiet = self._frames.seconds()[candidate] < MIN_ACTIVE_SECONDS
+        return _Decision(candidate, policy, level, bool(self._flag_silence and quiet))
 
     # ----- windows out -------------------------------------------------------------------------------------------
 
@@ -321,12 +347,11 @@ class StreamingScorer:
             return
         starts = [start for start, _ in self._pending]
         rows = np.concatenate([window for _, window in self._pending])  # (W * K, window), window-major
-        scores, usage = self._score_rows(rows, np.tile(np.arange(len(self._sums)), len(starts)))
+        count, first = len(self._sums), self._timeline.count
+        scores, usage = self._score_rows(rows, np.tile(np.arange(count), len(starts)), first)
         self._pending = []
-        count = len(self._sums)
         scores = scores.reshape(len(starts), count)
         usage = usage.reshape(len(starts), count, *usage.shape[1:])
-        first = self._timeline.count
         self._timeline.append(starts, scores, usage)
         running = self._timeline.score_sums[decision.candidate] / self._timeline.count
         for offset, start in enumerate(starts):
@@ -346,9 +371,10 @@ class StreamingScorer:
                 )
             )
 
-    def _score_rows(self, rows: np.ndarray, candidates: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(N, window) float64 rows, each of the given candidate -> calibrated scores (N,) float64 and usage (N, R, E)
-        float32, in forward passes of at most `batch_size` rows."""
+    def _score_rows(self, rows: np.ndarray, candidates: np.ndarray, first: int) -> tuple[np.ndarray, np.ndarray]:
+        """(N, window) float64 rows, each of the given candidate, window-major from window `first` -> calibrated
+        scores (N,) float64 and usage (N, R, E) float32, in forward passes of at most `batch_size` rows. A NaN or
+        infinite score is a `NonFiniteScoreError` naming the stream and the window, as offline."""
         peaks = self._buffer.peaks[candidates][:, None]
         rows = np.where(peaks > MAX_PLAIN_PEAK, rows / np.maximum(peaks, 1.0), rows)
         rows = torch.from_numpy(np.ascontiguousarray(rows, dtype=np.float32))
@@ -357,7 +383,10 @@ class StreamingScorer:
             raw, usage = score_window_batch(self._model, rows[first : first + self._batch_size])
             raw_scores.append(raw)
             usages.append(usage)
-        scores = calibrate_scores(torch.cat(raw_scores), self._calibration)
+        raw = torch.cat(raw_scores)
+        scores = calibrate_scores(raw, self._calibration)
+        owners = [(self.name, first + row // len(self._sums)) for row in range(len(rows))]
+        check_window_scores(raw, scores, owners, self._calibration)
         return scores.numpy(), torch.cat(usages).numpy()
 
     def _clip_result(self, decision: _Decision) -> WaveformScore:
@@ -366,7 +395,9 @@ class StreamingScorer:
         starts = window_starts(total, self.window, self.hop)
         scored = timeline.starts[: timeline.count].tolist()
         if starts[: len(scored)] != scored or len(starts) - len(scored) > 1:
-            raise RuntimeError(f"{self.name}: windows {scored[:4]}... disagree with the offline path's {starts[:4]}...")
+            raise RuntimeError(
+                f"{self.name}: windows {scored[:4]}... disagree with the offline path's {starts[:4]}..."
+            )
         scores = timeline.scores[: timeline.count, candidate]
         usage = timeline.usage[: timeline.count, candidate]
         if len(starts) > len(scored) and not decision.silent:
@@ -374,7 +405,7 @@ class StreamingScorer:
                 tail = np.resize(self._buffer.last(total)[candidate], self.window)[None, :]
             else:
                 tail = self._buffer.last(self.window)[candidate : candidate + 1]
-            tail_score, tail_usage = self._score_rows(tail, np.array([candidate]))
+            tail_score, tail_usage = self._score_rows(tail, np.array([candidate]), len(scored))
             scores, usage = np.concatenate([scores, tail_score]), np.concatenate([usage, tail_usage])
         return clip_result(
             self._model,
@@ -389,4 +420,5 @@ class StreamingScorer:
             channels=self._channels,
             channel_policy=decision.channel_policy,
             signatures=self._signatures,
+            name=self.name,
         )

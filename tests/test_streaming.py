@@ -56,7 +56,9 @@ def stream_in_chunks(stream, wave: np.ndarray, lengths: list[int]) -> tuple[Wave
             assert round(window.end * model_rate) <= position * model_rate / stream.sampling_rate + 1e-6
             windows.append(window)
         if same_rate:
-            complete = 0 if position < stream.window else (min(position, wave.shape[-1]) - stream.window) // stream.hop + 1
+            complete = (
+                0 if position < stream.window else (min(position, wave.shape[-1]) - stream.window) // stream.hop + 1
+            )
             assert len(windows) == complete, "a completed window was held back"
     assert position >= wave.shape[-1]
     return stream.finish(), windows
@@ -222,6 +224,36 @@ def test_silence_gets_no_verdict_until_the_stream_is_loud_enough(model):
     assert_same_result(streamed, model.score_waveform(wave, RATE))
 
 
+@pytest.mark.parametrize(
+    "case",
+    ["dc offset alone", "one click in silence", "speech on a dc offset", "stereo click", "quiet speech at the gate"],
+)
+def test_silence_gate_and_level_of_a_stream_are_the_offline_ones(model, case):
+    """The offline gate counts 20 ms frames with their DC removed and reports the level of the AC part; a stream
+    pushed in chunks that split frames (7, 999, ... samples) must decide and report the same."""
+    rng = np.random.default_rng(31)
+    if case == "dc offset alone":
+        wave = np.full(RATE, 0.5, np.float32)
+    elif case == "one click in silence":
+        wave = np.zeros(RATE, np.float32)
+        wave[5_003] = 0.9
+    elif case == "speech on a dc offset":
+        wave = (speech(1.0, seed=32) + 0.4).astype(np.float32)
+    elif case == "stereo click":
+        wave = np.zeros((2, RATE), np.float32)
+        wave[1, 7_777] = -0.8
+    else:  # about -60 dBFS: a frame split between chunks must land on the same side of the threshold
+        wave = (rng.standard_normal(RATE) * 10 ** (-60 / 20) * 1.02).astype(np.float32)
+    offline = model.score_waveform(wave, RATE)
+    streamed, _ = stream_in_chunks(model.streaming_scorer(RATE), wave, chunk_sizes(wave.shape[-1], 33))
+    assert_same_result(streamed, offline)
+    if case in ("dc offset alone", "one click in silence", "stereo click"):
+        assert streamed.silent and streamed.verdict is None
+    if case == "speech on a dc offset":
+        assert not streamed.silent
+        assert streamed.level_dbfs == pytest.approx(model.score_waveform(wave - 0.4, RATE).level_dbfs, abs=1e-3)
+
+
 def test_absurdly_loud_audio_scores_as_offline(model):
     wave = speech(0.7, seed=16).astype(np.float64) * 1e100  # beyond float32: divided by the peak before the cast
     streamed, _ = stream_in_chunks(model.streaming_scorer(RATE), wave, chunk_sizes(wave.size, 17))
@@ -272,9 +304,15 @@ def test_four_threads_with_two_streams_each_get_their_offline_results(model):
 @pytest.mark.parametrize(
     ("chunk", "message"),
     [
-        (np.r_[np.zeros(50), np.nan, np.inf, np.zeros(10)], r"stream chunk 2: 2 samples are NaN or infinite \(first at sample 50\)"),
+        (
+            np.r_[np.zeros(50), np.nan, np.inf, np.zeros(10)],
+            r"stream chunk 2: 2 samples are NaN or infinite \(first at sample 50\)",
+        ),
         (np.zeros((2, 100)), r"stream chunk 2 has 2 channel\(s\) but the stream has 1 \(set by its first chunk\)"),
-        (np.zeros((1, 2, 100)), r"stream chunk 2: expected shape \(samples,\) or \(channels, samples\), got \(1, 2, 100\)"),
+        (
+            np.zeros((1, 2, 100)),
+            r"stream chunk 2: expected shape \(samples,\) or \(channels, samples\), got \(1, 2, 100\)",
+        ),
         (np.zeros((100, 2)), r"stream chunk 2: a 2-D chunk must be \(channels, samples\) with at most 16 channels"),
         (np.array(["a", "b"]), "stream chunk 2: expected float or integer PCM samples, got dtype <U1"),
         ([[0.1, 0.2], [0.3]], "stream chunk 2: not an array of audio samples"),
@@ -308,8 +346,12 @@ def test_stream_level_errors(model, monkeypatch):
         model.streaming_scorer(RATE, name="call.wav").finish()
     with pytest.raises(ValueError, match=r"call.wav: sampling_rate must be a positive integer \(Hz\), got 0"):
         model.streaming_scorer(0, name="call.wav")
-    with pytest.raises(ValueError, match="batch_size and hop_samples must be >= 1"):
+    with pytest.raises(ValueError, match="`batch_size` must be an int >= 1, got 0"):
         model.streaming_scorer(RATE, batch_size=0)
+    with pytest.raises(ValueError, match="`hop_samples` must be an int >= 1, got 0"):
+        model.streaming_scorer(RATE, hop_samples=0)
+    with pytest.raises(ValueError, match=r"call.wav: sampling_rate is 4000 Hz; at least 8000 Hz is needed"):
+        model.streaming_scorer(4_000, name="call.wav")
     loud = np.full((2, 100), np.finfo(np.float32).max, dtype=np.float32)
     with pytest.raises(ValueError, match="stream chunk 1: sample values overflow when mixed"):
         model.streaming_scorer(RATE).push(loud)
@@ -339,7 +381,10 @@ def peak_traced_mb(model, minutes: float, chunk_seconds: float = 0.5) -> tuple[f
 def test_a_30_minute_stream_holds_no_more_memory_than_a_1_minute_one(model):
     one_minute, short = peak_traced_mb(model, 1)
     thirty_minutes, long = peak_traced_mb(model, 30)
-    assert (len(short.window_scores), len(long.window_scores)) == (31, 901)  # every window (and the tail) is in the result
+    assert (len(short.window_scores), len(long.window_scores)) == (
+        31,
+        901,
+    )  # every window (and the tail) is in the result
     audio_mb = 30 * 60 * RATE * 4 / 2**20  # what keeping the audio would take: 110 MB
     # measured: 0.32 vs 0.58 MB (the 30 min timeline and result: 901 windows of 2 routers x 4 experts)
     assert thirty_minutes - one_minute < 2.0, (one_minute, thirty_minutes, audio_mb)
