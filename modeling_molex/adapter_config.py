@@ -12,6 +12,8 @@ import os
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
+from .finite_checks import finite_number
+
 
 PACK_CONFIG_NAME = "molex_pack_config.json"
 LEGACY_PACK_CONFIG_NAME = "adapter_config.json"  # read for packs saved before the rename
@@ -36,9 +38,10 @@ class MoLExAdapterConfig:
         r (`int`, defaults to 8):
             Rank of every expert.
         lora_alpha (`float`, defaults to 16):
-            LoRA scaling numerator: an expert's delta is `(lora_alpha / r) * B @ A @ x`, as in PEFT LoRA.
+            LoRA scaling numerator: an expert's delta is `(lora_alpha / r) * B @ A @ x`, as in PEFT LoRA. A finite
+            number > 0.
         lora_dropout (`float`, defaults to 0.0):
-            Dropout on the expert input, as in PEFT LoRA.
+            Dropout on the expert input, as in PEFT LoRA, in [0, 1).
         target_modules (`list[str]`, *optional*):
             Names of the `nn.Linear` modules inside each transformer block that carry experts, matched as a suffix
             of the module path inside the block (e.g. `"q_proj"` matches `attention.q_proj`). `None` (default):
@@ -54,10 +57,11 @@ class MoLExAdapterConfig:
             `"block"`: one router per transformer block, shared by the experts of all targeted modules of that
             block and fed with the block input. `"module"`: one router per targeted linear, fed with its input.
         router_noise_std (`float`, defaults to 0.0):
-            Standard deviation of Gaussian noise added to router logits in training (noisy top-k gating).
+            Standard deviation of Gaussian noise added to router logits in training (noisy top-k gating). This
+            and the three loss weights below: finite numbers >= 0.
         router_expert_dropout (`float`, defaults to 0.0):
             Expert dropout in training: each expert is hidden from each routing decision with this probability
-            (at least `top_k` always stay), a remedy for routers that collapse onto a few experts.
+            (at least `top_k` always stay), a remedy for routers that collapse onto a few experts. In [0, 1).
         normalize_top_k (`bool`, defaults to `True`):
             Renormalise the k selected probabilities to sum to 1. Ignored for `top_k == 1`, where the raw
             probability is kept so that the router still receives a gradient (Switch Transformer).
@@ -118,10 +122,8 @@ class MoLExAdapterConfig:
             raise ValueError(f"`r` must be a positive int, got {self.r!r}")
         if not isinstance(self.top_k, int) or not 1 <= self.top_k <= self.num_experts:
             raise ValueError(f"`top_k` must be an int in [1, num_experts={self.num_experts}], got {self.top_k!r}")
-        if self.lora_alpha <= 0:
-            raise ValueError(f"`lora_alpha` must be > 0, got {self.lora_alpha!r}")
-        if not 0.0 <= self.lora_dropout < 1.0:
-            raise ValueError(f"`lora_dropout` must be in [0, 1), got {self.lora_dropout!r}")
+        finite_number("lora_alpha", self.lora_alpha, 0.0, low_open=True)
+        finite_number("lora_dropout", self.lora_dropout, 0.0, 1.0, high_open=True)
         if self.target_modules is not None and (
             not self.target_modules or not all(isinstance(t, str) and t for t in self.target_modules)
         ):
@@ -138,11 +140,9 @@ class MoLExAdapterConfig:
             )
         if self.router_scope not in ROUTER_SCOPES:
             raise ValueError(f"`router_scope` must be one of {ROUTER_SCOPES}, got {self.router_scope!r}")
-        if not 0.0 <= self.router_expert_dropout < 1.0:
-            raise ValueError(f"`router_expert_dropout` must be in [0, 1), got {self.router_expert_dropout!r}")
+        finite_number("router_expert_dropout", self.router_expert_dropout, 0.0, 1.0, high_open=True)
         for name in ("router_noise_std", "load_balance_coef", "orthogonality_coef", "router_z_loss_coef"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"`{name}` must be >= 0, got {getattr(self, name)!r}")
+            finite_number(name, getattr(self, name), 0.0)
         unknown_packs = sorted(set(self.frozen_packs) - set(self.expert_packs))
         if unknown_packs:
             raise ValueError(f"`frozen_packs` names packs not in `expert_packs`: {unknown_packs}")

@@ -7,6 +7,8 @@ from transformers.configuration_utils import SubConfigSpec
 
 from .adapter_config import MoLExAdapterConfig
 from .backbones import SUPPORTED_BACKBONES, default_target_modules, disable_layerdrop, is_whisper
+from .finite_checks import MAX_CROP_SECONDS, MAX_SAMPLING_RATE, MIN_SAMPLING_RATE, finite_number, int_in_range
+from .model_inputs import minimum_input_samples
 from .whisper_encoder import SAMPLING_RATE as WHISPER_SAMPLING_RATE
 
 
@@ -48,23 +50,27 @@ class MoLExConfig(PretrainedConfig):
         head_hidden_size (`int`, defaults to 128):
             Hidden size of the two-layer classification MLP.
         head_dropout (`float`, defaults to 0.1):
-            Dropout before each layer of the classification MLP.
+            Dropout before each layer of the classification MLP, in [0, 1).
         class_weights (`list[float]`, *optional*):
             Cross-entropy weights `[spoof, bonafide]`; ASVspoof training sets are ~9:1 spoof-heavy.
+            Each a finite number in (0, 1e6].
         calibration (`dict`, *optional*):
             `{"scale": a, "bias": b}` mapping the raw score `logit[bonafide] - logit[spoof]` to a calibrated
             log-likelihood ratio `a * score + b` (fitted on dev by the training script). Needed for actDCF/Cllr.
+            `scale` a finite number > 0, `bias` a finite number.
         crop_samples (`int`, defaults to 64600):
             Clip length (samples) the model was trained on; 64,600 = 4.04 s, the ASVspoof baselines' crop. The model
-            accepts any length; scoring code that cuts long clips into windows (the demo) uses this length.
+            accepts any length; scoring code that cuts long clips into windows (the demo) uses this length. From
+            the backbone's one-frame minimum (400 samples for the SSL families, 201 for Whisper) to 60 s at
+            `sampling_rate`.
         sampling_rate (`int`, defaults to 16000):
-            Sampling rate the backbone expects; written to `preprocessor_config.json`.
+            Sampling rate the backbone expects, in [8000, 192000] Hz; written to `preprocessor_config.json`.
         normalize_audio (`bool`, *optional*):
             Zero-mean/unit-variance normalisation per clip in the feature extractor (as the backbone was trained).
             Defaults to `True` for the SSL families and `False` for Whisper, whose log-mel front end (inside the
             model) sets the level itself and was trained on unnormalised audio.
         initializer_range (`float`, defaults to 0.02):
-            Std of the normal init of routers and head.
+            Std of the normal init of routers and head, in [0, 1].
     """
 
     model_type = "molex"
@@ -122,20 +128,26 @@ class MoLExConfig(PretrainedConfig):
     def _validate(self) -> None:
         if self.pooling not in POOLING_TYPES:
             raise ValueError(f"`pooling` must be one of {POOLING_TYPES}, got {self.pooling!r}")
-        for name in ("attention_hidden_size", "head_hidden_size", "sampling_rate", "crop_samples"):
+        for name in ("attention_hidden_size", "head_hidden_size"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"`{name}` must be a positive int, got {value!r}")
-        if not 0.0 <= self.head_dropout < 1.0:
-            raise ValueError(f"`head_dropout` must be in [0, 1), got {self.head_dropout!r}")
-        if self.class_weights is not None and (
-            len(self.class_weights) != 2 or any(w <= 0 for w in self.class_weights)
-        ):
-            raise ValueError(
-                f"`class_weights` must be two positive numbers [spoof, bonafide], got {self.class_weights}"
-            )
-        if self.calibration is not None and set(self.calibration) != {"scale", "bias"}:
-            raise ValueError(f"`calibration` must be a dict with keys 'scale' and 'bias', got {self.calibration}")
+        int_in_range("sampling_rate", self.sampling_rate, MIN_SAMPLING_RATE, MAX_SAMPLING_RATE)
+        longest = int(MAX_CROP_SECONDS * self.sampling_rate)  # a longer window allocates gigabytes per batch
+        int_in_range("crop_samples", self.crop_samples, minimum_input_samples(self.backbone_config), longest)
+        finite_number("head_dropout", self.head_dropout, 0.0, 1.0, high_open=True)
+        finite_number("initializer_range", self.initializer_range, 0.0, 1.0)
+        if self.class_weights is not None:
+            if len(self.class_weights) != 2:
+                raise ValueError(f"`class_weights` must be two numbers [spoof, bonafide], got {self.class_weights}")
+            for index, weight in enumerate(self.class_weights):
+                finite_number(f"class_weights[{index}]", weight, 0.0, 1e6, low_open=True)
+        if self.calibration is not None:
+            if set(self.calibration) != {"scale", "bias"}:
+                raise ValueError(f"`calibration` must be a dict with keys 'scale' and 'bias', got {self.calibration}")
+            # An LLR = scale * score + bias: scale <= 0 inverts or erases every verdict, NaN makes them all "spoof".
+            finite_number("calibration.scale", self.calibration["scale"], 0.0, low_open=True)
+            finite_number("calibration.bias", self.calibration["bias"])
         if is_whisper(self.backbone_config) and self.sampling_rate != WHISPER_SAMPLING_RATE:
             raise ValueError(
                 f"`sampling_rate` must be {WHISPER_SAMPLING_RATE} for a Whisper backbone (its log-mel front end is "
@@ -163,6 +175,8 @@ def _build_backbone_config(backbone_config: PretrainedConfig | dict | None) -> P
         if model_type is None:
             raise ValueError("`backbone_config` given as a dict needs a `model_type` (e.g. 'wav2vec2')")
         backbone_config.pop("transformers_version", None)
+        for name in _unused_token_ids(backbone_config):
+            backbone_config[name] = None
         backbone_config = AutoConfig.for_model(model_type, **backbone_config)
     elif not isinstance(backbone_config, PretrainedConfig):
         raise ValueError(f"`backbone_config` must be a PretrainedConfig or a dict, got {type(backbone_config)}")
@@ -170,8 +184,21 @@ def _build_backbone_config(backbone_config: PretrainedConfig | dict | None) -> P
         raise ValueError(
             f"`backbone_config.model_type` is {backbone_config.model_type!r}; MoLEx supports {SUPPORTED_BACKBONES}"
         )
+    for name in _unused_token_ids(backbone_config.to_dict()):
+        setattr(backbone_config, name, None)
     disable_layerdrop(backbone_config)
     return backbone_config
+
+
+def _unused_token_ids(fields: dict) -> list[str]:
+    """The special token ids (`eos_token_id`, ...) outside the backbone's vocabulary. MoLEx uses the encoder only, no
+    tokens; an encoder trained without a CTC vocabulary (`vocab_size=2`) kept wav2vec2's default `eos_token_id=2`,
+    and transformers warned about it at every load. They become None."""
+    vocab_size = fields.get("vocab_size")
+    if not isinstance(vocab_size, int):
+        return []
+    return [name for name, value in fields.items()
+            if name.endswith("_token_id") and isinstance(value, int) and not 0 <= value < vocab_size]  # fmt: skip
 
 
 def _build_adapter_config(adapter: MoLExAdapterConfig | dict | None) -> MoLExAdapterConfig:

@@ -237,10 +237,10 @@ evidence, with human review, and never as the sole basis of a decision about a p
 """
 INTRODUCTION = {
     "pack": """An **expert pack** for [MoLEx](https://arxiv.org/abs/2509.09175) audio deepfake (spoofing) detectors: {num_experts}
-LoRA expert(s) of rank {rank} on a `{backbone_type}` speech SSL encoder ({backbone_name}), with the router
+LoRA expert(s) of rank {rank} on a `{backbone_type}` speech encoder ({backbone_name}), with the router
 rows that let a MoLEx model pick them. Load it onto a base MoLEx model built on the same backbone, or load one expert
 alone onto the plain backbone with `peft`.""",
-    "model": """A [MoLEx](https://arxiv.org/abs/2509.09175) audio deepfake (spoofing) detector: the frozen speech SSL encoder
+    "model": """A [MoLEx](https://arxiv.org/abs/2509.09175) audio deepfake (spoofing) detector: the frozen speech encoder
 {backbone_name} (`{backbone_type}`, {num_layers} blocks) carries {num_experts} LoRA experts of rank
 {rank} on its {targets} layers; a router picks the top-{top_k} experts {routing}, and a small
 back-end turns the hidden states into a bona fide / spoof decision. Only the experts, the routers and the back-end

@@ -20,6 +20,7 @@ from .backbones import backbone_normalizes_audio, build_backbone, disable_layerd
 from .configuration_molex import MoLExConfig
 from .expert_management import MoLExExpertsMixin
 from .feature_extraction_molex import MoLExFeatureExtractor
+from .finite_checks import check_finite_tensors
 from .heads import AttentiveStatisticsPooling, ClassificationHead, MeanPooling, WeightedLayerSum
 from .hub_upload import push_model_in_one_commit
 from .injection import inject_experts
@@ -171,6 +172,8 @@ class MoLExForAudioClassification(WaveformScoringMixin, MoLExExpertsMixin, MoLEx
             raise ValueError(
                 f"{source}: the checkpoint lacks {len(missing)} weight(s) that config.json declares: {missing[:8]}"
             )
+        # A NaN or infinite weight would give every clip a NaN score (and NaN >= 0 is False: the verdict "spoof").
+        check_finite_tensors(model.state_dict().items(), str(source))
         check_model_folder(source, model.config)  # a local folder mixing files of two saves is refused
         _align_cpu_tensors(model)
         model.apply_trainability()

@@ -56,7 +56,16 @@ __all__ = [
 SIGNATURES_FILE = "routing_signatures.json"
 NOVELTY_PERCENTILE = 95.0  # the threshold: this percentile of the reference (training) clips' own distances
 DISTANCE_DESCRIPTION = "L1 distance to the nearest known centroid / (2 * top_k * routers)"
-FILE_FIELDS = ("distance", "top_k", "router_names", "threshold", "known", "expert_packs", "extended_experts", "dropped")
+FILE_FIELDS = (
+    "distance",
+    "top_k",
+    "router_names",
+    "threshold",
+    "known",
+    "expert_packs",
+    "extended_experts",
+    "dropped",
+)
 
 
 @dataclass(frozen=True)
@@ -80,7 +89,7 @@ class RoutingSignatures:
 
     @property
     def origin(self) -> str:
-        """"derived" (computed on a model with exactly these experts) or "extended" (zero columns added since)."""
+        """ "derived" (computed on a model with exactly these experts) or "extended" (zero columns added since)."""
         return "extended" if self.extended_experts else "derived"
 
 

@@ -13,8 +13,11 @@ How a clip is scored:
    and scored: raw score = logit[bonafide] - logit[spoof], then the stored calibration (an LLR) unless
    `calibrate=False`. The clip's score is the mean of its window scores; P(bona fide) = sigmoid(score) (the
    posterior at equal priors when calibrated); the verdict is "bonafide" when score >= 0, else "spoof";
-4. a clip whose RMS level is below `silence_dbfs` gets no score and no verdict (`silent=True`) unless
-   `flag_silence=False` (corpus evaluation scores every trial, as the official protocol does).
+4. a clip with less than 0.1 s of 20 ms frames whose level, DC removed, reaches `silence_dbfs` gets no score and no
+   verdict (`silent=True`; see silence_gate.py: a DC offset or a click is not speech) unless `flag_silence=False`
+   (corpus evaluation scores every trial, as the official protocol does);
+5. every window's raw and calibrated score must be finite: a NaN or an infinity is an error naming the clip and the
+   step (finite_checks.py), never a verdict.
 """
 
 import math
@@ -27,25 +30,49 @@ import numpy as np
 import torch
 from transformers.utils import ModelOutput
 
-from .audio_io import AudioInputError, as_channels_first, decode_audio, level_dbfs, resample, to_mono
+from .audio_io import (
+    DEFAULT_MAX_SECONDS,
+    AudioInputError,
+    as_channels_first,
+    decode_audio,
+    level_dbfs,
+    resample,
+    to_mono,
+)
 from .feature_extraction_molex import normalize_waveforms
+from .finite_checks import (
+    MIN_SAMPLING_RATE,
+    NonFiniteScoreError,
+    check_window_scores,
+    finite_number,
+    int_in_range,
+)
 from .novelty import SIGNATURES_FILE, NoveltyResult, RoutingSignatures, check_signatures, clip_novelty
 from .novelty import load_routing_signatures as _read_signatures_file
 from .outputs import calibrate_scores
+from .silence_gate import MIN_ACTIVE_SECONDS, active_seconds
 
 
 __all__ = [
+    "MAX_PLAIN_PEAK",
+    "MIN_SAMPLING_RATE",
     "MIN_SECONDS",
     "SILENCE_DBFS",
     "WaveformScore",
     "WaveformScoringMixin",
+    "bonafide_probability",
+    "check_sampling_rate",
+    "clip_result",
     "load_model_signatures",
     "score_waveforms",
+    "score_window_batch",
+    "verdict",
     "window_starts",
 ]
 
 MIN_SECONDS = 0.1  # shorter input is refused: it holds too few frames to say anything
 SILENCE_DBFS = -60.0  # RMS level below which a clip counts as near-silent (no speech energy to judge)
+MAX_PLAIN_PEAK = 1e6  # louder audio is divided by its peak before the float32 cast (normalisation is scale-free)
 
 
 @dataclass
@@ -58,7 +85,7 @@ class WaveformScore(ModelOutput):
         verdict: "bonafide" (score >= 0) or "spoof"; None when `silent`.
         silent: the input's RMS level is below the silence threshold: no verdict is given.
         calibrated: the model's stored calibration was applied.
-        level_dbfs: RMS level of the (mono) input in dBFS.
+        level_dbfs: RMS level of the (mono) input's AC part (DC offset removed) in dBFS.
         window_starts: (W,) start of each window in seconds.
         window_seconds: window length in seconds.
         window_scores: (W,) score of each window (same scale as `score`).
@@ -120,32 +147,117 @@ class _Clip:
     channels: int
     channel_policy: str
     level: float
+    active_seconds: float  # of 20 ms frames at or above the silence threshold
 
 
-def _prepare(wave, rate: int, model_rate: int, crop: int, hop: int, name: str) -> _Clip:
-    channels_first = as_channels_first(wave, name)
+def check_sampling_rate(rate, name: str) -> int:
+    """The rate as an int, or `AudioInputError` naming the input (not a positive integer, below 8 kHz)."""
     if not isinstance(rate, int | np.integer) or isinstance(rate, bool) or rate <= 0:
         raise AudioInputError(f"{name}: sampling_rate must be a positive integer (Hz), got {rate!r}")
+    if rate < MIN_SAMPLING_RATE:
+        raise AudioInputError(f"{name}: sampling_rate is {rate} Hz; at least {MIN_SAMPLING_RATE} Hz is needed "
+                              "(below it the speech band is gone)")  # fmt: skip
+    return int(rate)
+
+
+def overflow_error(name: str) -> AudioInputError:
+    return AudioInputError(f"{name}: sample values overflow when mixed or resampled (|x| near float32's limit)")
+
+
+def _prepare(wave, rate: int, model_rate: int, crop: int, hop: int, name: str, silence_dbfs: float) -> _Clip:
+    channels_first = as_channels_first(wave, name)
+    rate = check_sampling_rate(rate, name)
     duration = channels_first.shape[1] / rate
     if duration < MIN_SECONDS:
-        raise AudioInputError(f"{name} is {duration:.3f} s long; at least {MIN_SECONDS} s of audio is needed")
+        raise AudioInputError(f"{name} is {duration:.3f} s long; at least {MIN_SECONDS} s "
+                              f"({math.ceil(MIN_SECONDS * rate)} samples at {rate} Hz) of audio is needed")  # fmt: skip
     mono, policy = to_mono(channels_first)
     level = level_dbfs(mono)
-    mono = resample(mono, int(rate), model_rate, name)
+    active = active_seconds(mono, rate, silence_dbfs)
+    mono = resample(mono, rate, model_rate, name)
     peak = float(max(mono.max(), -mono.min()))
     if not math.isfinite(peak):
-        raise AudioInputError(f"{name}: sample values overflow when mixed or resampled (|x| near float32's limit)")
-    if peak > 1e6:  # normalisation is scale-free: bring absurd values into float32's comfortable range first
+        raise overflow_error(name)
+    if peak > MAX_PLAIN_PEAK:  # normalisation is scale-free: bring absurd values into float32's comfortable range
         mono = mono / peak
     mono = torch.from_numpy(np.ascontiguousarray(mono, dtype=np.float32))  # 4 bytes per sample of audio
     if mono.numel() < crop:
         mono = mono.repeat(-(-crop // mono.numel()))[:crop]
     starts = window_starts(mono.numel(), crop, hop)
-    return _Clip(mono, starts, duration, int(rate), channels_first.shape[0], policy, level)
+    return _Clip(mono, starts, duration, int(rate), channels_first.shape[0], policy, level, active)
 
 
-def _normalise(windows: torch.Tensor, enabled: bool) -> torch.Tensor:
-    return normalize_waveforms(windows) if enabled else windows
+@torch.inference_mode()
+def score_window_batch(model, windows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, crop) float32 windows at the model's rate -> raw scores logit[bonafide] - logit[spoof] (B,) float64 and
+    expert usage (B, routers, experts) float32, on the CPU. Each window is normalised first when the model says so."""
+    if model.config.normalize_audio:
+        windows = normalize_waveforms(windows)
+    parameter = next(model.parameters())
+    output = model(input_values=windows.to(device=parameter.device, dtype=parameter.dtype))
+    logits = output.logits.float()
+    return (logits[:, 1] - logits[:, 0]).double().cpu(), output.expert_usage.float().cpu()
+
+
+def clip_result(
+    model,
+    window_scores: torch.Tensor,
+    window_usage: torch.Tensor,
+    starts: Sequence[int],
+    *,
+    silent: bool,
+    calibrated: bool,
+    level: float,
+    duration: float,
+    rate: int,
+    channels: int,
+    channel_policy: str,
+    signatures: RoutingSignatures | None,
+    name: str = "wave",
+) -> WaveformScore:
+    """The clip's `WaveformScore` from its windows' (calibrated, float64, finite) scores and usages; a silent clip
+    gets the clip fields only. The one place both the offline path and a stream's `finish()` build a result."""
+    config = model.config
+    common = dict(
+        silent=silent,
+        calibrated=calibrated,
+        level_dbfs=level,
+        window_seconds=int(config.crop_samples) / int(config.sampling_rate),
+        router_names=list(model.router_names),
+        duration=duration,
+        sampling_rate=rate,
+        channels=channels,
+        channel_policy=channel_policy,
+    )
+    if silent:
+        return WaveformScore(**common)
+    score = float(window_scores.mean())
+    if not math.isfinite(score):  # finite windows whose mean overflows (|scores| near 1e308)
+        raise NonFiniteScoreError(f"{name}: the mean of the window scores is not finite ({score}); no verdict")
+    novelty = None
+    if signatures is not None:
+        novelty = clip_novelty(window_usage.numpy(), signatures, int(config.adapter.top_k))
+    return WaveformScore(
+        score=score,
+        bonafide_probability=bonafide_probability(score),
+        verdict=verdict(score),
+        window_starts=torch.tensor(list(starts), dtype=torch.float64) / int(config.sampling_rate),
+        window_scores=window_scores.float(),
+        expert_usage=window_usage.mean(dim=0),
+        window_expert_usage=window_usage,
+        novelty=novelty,
+        **common,
+    )
+
+
+def bonafide_probability(score: float) -> float:
+    """sigmoid(score), without overflow for very negative scores."""
+    return 1.0 / (1.0 + math.exp(-score)) if score > -700 else 0.0
+
+
+def verdict(score: float) -> str:
+    """The verdict for a score: bonafide when it is >= 0 (equal priors and costs), else spoof."""
+    return "bonafide" if score >= 0 else "spoof"
 
 
 @torch.inference_mode()
@@ -179,70 +291,55 @@ def score_waveforms(
     """
     config = model.config
     crop, model_rate = int(config.crop_samples), int(config.sampling_rate)
-    hop = int(hop_samples or max(1, crop // 2))
-    if batch_size < 1 or hop < 1:
-        raise ValueError(f"batch_size and hop_samples must be >= 1, got {batch_size} and {hop}")
+    int_in_range("batch_size", batch_size, 1)
+    hop = max(1, crop // 2) if hop_samples is None else int_in_range("hop_samples", hop_samples, 1)
+    silence_dbfs = finite_number("silence_dbfs", silence_dbfs, -200.0, 0.0)
     rates = [sampling_rates] * len(waves) if isinstance(sampling_rates, int | np.integer) else list(sampling_rates)
     names = list(names) if names is not None else [f"wave[{i}]" for i in range(len(waves))]
     if len(rates) != len(waves) or len(names) != len(waves):
         raise ValueError(f"got {len(waves)} waves, {len(rates)} sampling rates and {len(names)} names")
     if signatures == "auto":
         signatures = load_model_signatures(model)
-    clips = [_prepare(w, r, model_rate, crop, hop, n) for w, r, n in zip(waves, rates, names, strict=True)]
-    silent = [flag_silence and clip.level < silence_dbfs for clip in clips]
+    clips = [
+        _prepare(w, r, model_rate, crop, hop, n, silence_dbfs) for w, r, n in zip(waves, rates, names, strict=True)
+    ]
+    silent = [flag_silence and clip.active_seconds < MIN_ACTIVE_SECONDS for clip in clips]
     jobs = [(i, start) for i, clip in enumerate(clips) if not silent[i] for start in clip.starts]
 
-    parameter = next(model.parameters())
     raw_scores, usages = [], []
     for first in range(0, len(jobs), batch_size):
         batch = torch.stack([clips[i].wave[s : s + crop] for i, s in jobs[first : first + batch_size]])
-        inputs = _normalise(batch, bool(config.normalize_audio)).to(device=parameter.device, dtype=parameter.dtype)
-        output = model(input_values=inputs)
-        logits = output.logits.float()
-        raw_scores.append((logits[:, 1] - logits[:, 0]).double().cpu())
-        usages.append(output.expert_usage.float().cpu())
+        raw, usage = score_window_batch(model, batch)
+        raw_scores.append(raw)
+        usages.append(usage)
     raw = torch.cat(raw_scores) if raw_scores else torch.zeros(0, dtype=torch.float64)
     usage = torch.cat(usages) if usages else None
     calibration = config.calibration if calibrate else None
     window_scores = calibrate_scores(raw, calibration)
+    owners = [(names[i], index) for i, clip in enumerate(clips) if not silent[i] for index in range(len(clip.starts))]
+    check_window_scores(raw, window_scores, owners, calibration)
 
     results, position = [], 0
     for i, clip in enumerate(clips):
-        common = dict(
-            silent=silent[i],
-            calibrated=calibration is not None,
-            level_dbfs=clip.level,
-            window_seconds=crop / model_rate,
-            router_names=list(model.router_names),
-            duration=clip.duration,
-            sampling_rate=clip.rate,
-            channels=clip.channels,
-            channel_policy=clip.channel_policy,
-        )
-        if silent[i]:
-            results.append(WaveformScore(**common))
-            continue
-        count = len(clip.starts)
-        scores = window_scores[position : position + count]
-        window_usage = usage[position : position + count]
-        position += count
-        score = float(scores.mean())
-        novelty = None
-        if signatures is not None:
-            novelty = clip_novelty(window_usage.numpy(), signatures, int(config.adapter.top_k))
+        count = 0 if silent[i] else len(clip.starts)
         results.append(
-            WaveformScore(
-                score=score,
-                bonafide_probability=1.0 / (1.0 + math.exp(-score)) if score > -700 else 0.0,
-                verdict="bonafide" if score >= 0 else "spoof",
-                window_starts=torch.tensor(clip.starts, dtype=torch.float64) / model_rate,
-                window_scores=scores.float(),
-                expert_usage=window_usage.mean(dim=0),
-                window_expert_usage=window_usage,
-                novelty=novelty,
-                **common,
+            clip_result(
+                model,
+                window_scores[position : position + count],
+                usage[position : position + count] if count else None,
+                clip.starts,
+                silent=silent[i],
+                calibrated=calibration is not None,
+                level=clip.level,
+                duration=clip.duration,
+                rate=clip.rate,
+                channels=clip.channels,
+                channel_policy=clip.channel_policy,
+                signatures=signatures,
+                name=names[i],
             )
         )
+        position += count
     return results
 
 
@@ -288,7 +385,8 @@ def _signatures_path(name_or_path: str) -> str | None:
 
 
 class WaveformScoringMixin:
-    """`score_waveform`, `score_waveforms` and `score_file` for MoLExForAudioClassification (state-free)."""
+    """`score_waveform`, `score_waveforms`, `score_file` and `streaming_scorer` for MoLExForAudioClassification
+    (state-free: a stream's state lives on the stream)."""
 
     def score_waveforms(self, waves: Sequence, sampling_rates: int | Sequence[int], **kwargs) -> list[WaveformScore]:
         """Score several clips with their windows batched together; see `scoring.score_waveforms`."""
@@ -299,24 +397,37 @@ class WaveformScoringMixin:
         per-window timeline, expert usage and novelty. Keyword arguments as in `scoring.score_waveforms`."""
         return score_waveforms(self, [wave], [sampling_rate], **kwargs)[0]
 
-    def score_file(self, path: str | os.PathLike, max_seconds: float | None = None, **kwargs) -> WaveformScore:
-        """Decode an audio file (soundfile, else ffmpeg: WAV, FLAC, MP3, OGG/Opus, WebM, M4A/AAC, ...) and score it."""
-        wave, rate = decode_audio(path)
+    def score_file(
+        self, path: str | os.PathLike, max_seconds: float | None = DEFAULT_MAX_SECONDS, **kwargs
+    ) -> WaveformScore:
+        """Decode an audio file (soundfile, else ffmpeg: WAV, FLAC, MP3, OGG/Opus, WebM, M4A/AAC, ...) and score it.
+
+        Files longer than `max_seconds` (default 600; None: no limit) are refused from their header, before
+        decoding; see `audio_decoding.decode_audio`. Running out of memory is an `AudioInputError` naming the file."""
         name = os.path.basename(os.fspath(path))
-        if max_seconds is not None and wave.shape[1] / rate > max_seconds:
-            raise AudioInputError(
-                f"{name} is {wave.shape[1] / rate:.1f} s long; at most {max_seconds:g} s is accepted here"
-            )
-        return score_waveforms(self, [wave], [rate], names=[name], **kwargs)[0]
+        wave, rate = decode_audio(path, max_seconds=max_seconds)
+        try:
+            return score_waveforms(self, [wave], [rate], names=[name], **kwargs)[0]
+        except MemoryError:
+            raise AudioInputError(f"{name}: scoring it needs more memory than is free ({wave.shape[1] / rate:.1f} s "
+                                  f"at {rate} Hz; lower max_seconds, now {max_seconds})") from None  # fmt: skip
+
+    def streaming_scorer(self, sampling_rate: int, **kwargs):
+        """A live scorer: `push(chunk)` returns each window's score and verdict as soon as its last sample is in,
+        `finish()` returns what `score_waveform` gives for the whole stream. Keyword arguments as in
+        `score_waveforms`; see `streaming.StreamingScorer` for how it decides what the offline path decides."""
+        from .streaming import StreamingScorer
+
+        return StreamingScorer(self, sampling_rate, **kwargs)
 
     def routing_signatures(self) -> RoutingSignatures | None:
         """The routing signatures `score_waveform` uses for novelty (None when the model ships none)."""
         return load_model_signatures(self)
 
     @staticmethod
-    def read_audio(path: str | os.PathLike) -> tuple[np.ndarray, int]:
+    def read_audio(path: str | os.PathLike, max_seconds: float | None = DEFAULT_MAX_SECONDS) -> tuple[np.ndarray, int]:
         """Decode an audio file -> (float32 (channels, samples), rate), as `score_file` does."""
-        return decode_audio(path)
+        return decode_audio(path, max_seconds=max_seconds)
 
     @staticmethod
     def pipeline_class():

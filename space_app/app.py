@@ -6,7 +6,8 @@ The model is `--model`, else `MOLEX_MODEL`, else the folder the main job writes 
 folder or Hub repo id, loaded once through AutoModel + remote code. The endpoint `/classify` serves the UI and the
 API alike: `gradio_client.Client(url).predict(handle_file(path), api_name="/classify")` returns (label, summary,
 timeline plot, expert-usage plot, novelty text, all numbers as JSON). The scoring is the model's own
-(`model.score_file`); this file only lays out the page. Only the example clips are served, copied under neutral
+(`model.score_file`); this file only lays out the page. The Live tab (live.py) streams the microphone into the
+model's `streaming_scorer`, one per browser session. Only the example clips are served, copied under neutral
 names (never their corpus folder, its protocols or labels).
 """
 
@@ -21,6 +22,7 @@ import gradio as gr
 from detector import MAX_SECONDS, Detector, InputError, default_model
 from example_clips import ExampleClip, example_clips, find_examples_dir
 from figures import expert_usage_figure, timeline_figure
+from live import build_live_tab
 
 
 logger = logging.getLogger("molex.space")
@@ -123,31 +125,34 @@ def build_demo(detector: Detector, examples: list[ExampleClip] = ()) -> gr.Block
                 max_seconds=detector.max_seconds,
             )
         )
-        with gr.Row():
-            with gr.Column():
-                audio = gr.Audio(sources=["upload", "microphone"], type="filepath", label="Speech clip")
-                detect = gr.Button("Detect", variant="primary")
-                if examples:
-                    gr.Examples(
-                        examples=[[clip.path] for clip in examples],
-                        inputs=[audio],
-                        example_labels=[clip.label for clip in examples],
-                        label="Examples from the mini corpus",
-                    )
-            with gr.Column():
-                label = gr.Label(label="Verdict", num_top_classes=2)
-                summary = gr.Markdown()
-                novelty = gr.Markdown()
-        timeline = gr.Plot(label="Score per window", visible=False, elem_id="timeline")
-        usage = gr.Plot(label="Expert usage", elem_id="expert-usage")
-        with gr.Accordion("All numbers (the API returns the same)", open=False):
-            details = gr.JSON(label="Result")
-        detect.click(
-            classify,
-            inputs=[audio],
-            outputs=[label, summary, timeline, usage, novelty, details],
-            api_name="classify",
-        )
+        with gr.Tab("Upload or record", id="upload"):
+            with gr.Row():
+                with gr.Column():
+                    audio = gr.Audio(sources=["upload", "microphone"], type="filepath", label="Speech clip")
+                    detect = gr.Button("Detect", variant="primary")
+                    if examples:
+                        gr.Examples(
+                            examples=[[clip.path] for clip in examples],
+                            inputs=[audio],
+                            example_labels=[clip.label for clip in examples],
+                            label="Examples from the mini corpus",
+                        )
+                with gr.Column():
+                    label = gr.Label(label="Verdict", num_top_classes=2)
+                    summary = gr.Markdown()
+                    novelty = gr.Markdown()
+            timeline = gr.Plot(label="Score per window", visible=False, elem_id="timeline")
+            usage = gr.Plot(label="Expert usage", elem_id="expert-usage")
+            with gr.Accordion("All numbers (the API returns the same)", open=False):
+                details = gr.JSON(label="Result")
+            detect.click(
+                classify,
+                inputs=[audio],
+                outputs=[label, summary, timeline, usage, novelty, details],
+                api_name="classify",
+            )
+        with gr.Tab("Live", id="live"):
+            build_live_tab(detector.model, detector.max_seconds)
     demo.queue(default_concurrency_limit=2, max_size=64)  # the model is state-free: requests may overlap
     return demo
 

@@ -3,6 +3,7 @@ that scores a file (`model.score_file`, the model's own scoring path, shared wit
 evaluation). This file only finds the model and turns the model's input errors into messages for the page.
 """
 
+import math
 import os
 from pathlib import Path
 
@@ -51,12 +52,14 @@ class Detector:
 
     Args:
         model: a model folder (e.g. the main job's `outputs/main/model`) or a Hub repo id.
-        max_seconds: longer files are refused (memory and waiting time are bounded).
+        max_seconds: longer files are refused from their header, before decoding, and no file decodes past it (the
+            model's bounded decoder), so each request's memory is bounded by it; with at most
+            `default_concurrency_limit` requests at once (app.py), so is the server's.
     """
 
     def __init__(self, model: str, max_seconds: float = MAX_SECONDS):
-        if max_seconds <= 0:
-            raise ValueError(f"max_seconds must be > 0, got {max_seconds}")
+        if isinstance(max_seconds, bool) or not isinstance(max_seconds, int | float) or not 0 < max_seconds < math.inf:
+            raise ValueError(f"max_seconds must be a finite number > 0 (seconds), got {max_seconds!r}")
         self.model_name = display_name(model)
         self.model = AutoModelForAudioClassification.from_pretrained(model, trust_remote_code=True).eval()
         self.max_seconds = max_seconds

@@ -113,3 +113,31 @@ def test_bench_long_audio_scores_each_length_in_its_own_process_and_sweeps_batch
     assert row["peak_rss_gib"] > 0 and row["wall_s_per_audio_hour"] > 0
     assert set(report["sweep"]) == {1, 2}
     assert "| 0.1 | 2 |" in capsys.readouterr().out
+
+
+def test_bench_streaming_times_windows_and_measures_each_length_in_its_own_process(capsys):
+    from bench import bench_streaming
+
+    report = bench_streaming.main(
+        [
+            "--models",
+            "ssl-tiny",
+            "--threads",
+            "1",
+            "--seconds",
+            "4",
+            "--memory_model",
+            "ssl-tiny",
+            "--memory_minutes",
+            "0.1",
+            "0.2",
+        ]
+    )
+    (row,) = report["timing"]
+    assert row["windows"] == 3  # 2 s windows every 1 s in 4 s: at 0, 1 and 2 s (the one at 2 s ends the stream)
+    assert row["real_time_factor"] > 0 and row["latency_p95_ms"] >= row["latency_p50_ms"] > 0
+    assert [memory["windows"] for memory in report["memory"]] == [
+        9,
+        15,
+    ]  # 6 s and 12 s after 4 s of warm-up: a window every 1 s
+    assert "memory ssl-tiny: 0.2 min stream" in capsys.readouterr().out

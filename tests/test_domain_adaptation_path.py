@@ -98,7 +98,10 @@ def test_the_documented_path_scores_serves_saves_and_reloads_the_same_score(ship
     assert adapted.novelty.distance == pytest.approx(nearest, abs=1e-9)
 
     classify = pipeline(
-        "audio-classification", model=model, feature_extractor=model.feature_extractor(), pipeline_class=model.pipeline_class()
+        "audio-classification",
+        model=model,
+        feature_extractor=model.feature_extractor(),
+        pipeline_class=model.pipeline_class(),
     )
     scores = {row["label"]: row["score"] for row in classify({"array": wave, "sampling_rate": 16_000})}
     assert scores["bonafide"] == pytest.approx(adapted.bonafide_probability, abs=1e-12)
@@ -168,7 +171,10 @@ def test_saving_names_the_fields_it_does_not_carry_over(shipped, tmp_path, caplo
     saved = json.loads((tmp_path / "saved" / SIGNATURES_FILE).read_text())
     assert saved["dropped"] == ["field 'calibrated_on': not a routing-signatures field, not carried over"]
     assert "calibrated_on" in caplog.text
-    assert saved["extended_experts"] == [] and saved["known"] == json.loads(open(f"{shipped}/{SIGNATURES_FILE}").read())["known"]
+    assert (
+        saved["extended_experts"] == []
+        and saved["known"] == json.loads(open(f"{shipped}/{SIGNATURES_FILE}").read())["known"]
+    )
 
 
 def test_signatures_that_do_not_fit_the_model_are_not_saved_and_a_warning_says_why(shipped, tmp_path, caplog):

@@ -167,15 +167,15 @@ def test_a_second_run_on_the_same_output_is_refused_while_the_first_runs(model_d
     first_is_scoring, release = threading.Event(), threading.Event()
     from training.scoring import score_loop
 
-    real_read = score_loop.read_bounded_audio
+    real_read = score_loop.decode_audio
 
     def slow_read(path, max_seconds):
         first_is_scoring.set()
         assert release.wait(60)
-        return real_read(path, max_seconds)
+        return real_read(path, max_seconds=max_seconds)
 
     results = {}
-    monkeypatch.setattr(score_loop, "read_bounded_audio", slow_read)
+    monkeypatch.setattr(score_loop, "decode_audio", slow_read)
     first = threading.Thread(target=lambda: results.setdefault("first", main(arguments(model_dir, output,
                                                                                        clean_folder))))  # fmt: skip
     first.start()
@@ -316,7 +316,7 @@ def test_max_seconds_reaches_a_decoder_that_takes_it(model_dir, tmp_path, monkey
         seen.append(max_seconds)
         return sf.read(path, dtype="float32", always_2d=True)[0].T, 16_000
 
-    monkeypatch.setattr("training.scoring.bounded_audio.decode_audio", decoder)
+    monkeypatch.setattr("training.scoring.score_loop.decode_audio", decoder)
     assert main(arguments(model_dir, tmp_path / "o.tsv", tmp_path / "a.wav", extra=["--max_seconds", "42"])) == 0
     assert seen == [42.0]
 
@@ -348,3 +348,30 @@ def test_a_group_holds_windows_not_files(model_dir, tmp_path, monkeypatch):
     assert sum(len(call) for call in calls) == 9
     assert all(sum(call) - call[-1] < 3 for call in calls)  # a group closes once it holds a batch of windows
     assert any(len(call) == 3 for call in calls)  # short files are still batched together
+
+
+def test_running_out_of_memory_on_one_file_refuses_that_file_and_goes_on(model_dir, tmp_path, monkeypatch):
+    """Issue 19: one batch of long files ended `molex-score` in MemoryError with 0 rows written."""
+    for name in ("a.wav", "huge.wav", "b.wav"):
+        write_tone(tmp_path / name, 0.6, seed=len(name))
+    real_load = score_cli.AutoModelForAudioClassification.from_pretrained
+
+    def load_with_little_memory(*args, **kwargs):
+        model = real_load(*args, **kwargs)
+        real_score = model.score_waveforms
+
+        def score_waveforms(waves, rates, names=None, **options):
+            if "huge.wav" in (names or []):
+                raise MemoryError
+            return real_score(waves, rates, names=names, **options)
+
+        model.score_waveforms = score_waveforms
+        return model
+
+    monkeypatch.setattr(score_cli.AutoModelForAudioClassification, "from_pretrained", load_with_little_memory)
+    output = tmp_path / "o.tsv"
+    paths = [tmp_path / name for name in ("a.wav", "huge.wav", "b.wav")]
+    assert main(arguments(model_dir, output, *paths, extra=["--batch_size", "64"])) == 1
+    assert [Path(row[0]).name for row in read_table(output, TSV_HEADER)] == ["a.wav", "b.wav"]
+    [(path, reason)] = read_table(Path(f"{output}.errors.tsv"), ERRORS_HEADER)
+    assert Path(path).name == "huge.wav" and reason.startswith("huge.wav: scoring it needs more memory than is free")

@@ -138,9 +138,34 @@ def test_missing_file_and_too_long_clip_are_refused(space_model_dir, detector, c
     with pytest.raises(InputError, match="gone.wav: file not found"):
         detector.predict(tmp_path / "gone.wav")
     strict = Detector(str(space_model_dir), max_seconds=5.0)
-    with pytest.raises(InputError, match=r"long10s\.wav is 10\.0 s long; at most 5 s"):
+    with pytest.raises(InputError, match=r"long10s\.wav is 10\.0 s long \(by its header\); at most 5 s"):
         strict.predict(clips["long10s"])
     assert strict.predict(clips["mono16k"]).score == pytest.approx(detector.predict(clips["mono16k"]).score)
+
+
+def test_a_three_hour_upload_is_refused_from_its_header_in_bounded_memory(detector, tmp_path):
+    """Issue 19: one 4 MB Opus upload of 3 h silence took the server from 0.66 to 2.6 GB before being refused."""
+    import tracemalloc
+
+    from audio_bombs import three_hour_opus
+
+    upload = three_hour_opus(tmp_path)
+    tracemalloc.start()
+    try:
+        with pytest.raises(
+            InputError, match=r"^three_hours\.opus is 10800\.0 s long \(by its header\); at most 120 s"
+        ):
+            detector.predict(upload)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 << 20
+
+
+@pytest.mark.parametrize("value", [0.0, -1.0, float("nan"), float("inf")])
+def test_the_demos_limit_must_be_a_finite_positive_number(space_model_dir, value):
+    with pytest.raises(ValueError, match=r"max_seconds must be a finite number > 0"):
+        Detector(str(space_model_dir), max_seconds=value)
 
 
 def test_silence_gets_no_verdict(detector, clips):

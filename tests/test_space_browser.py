@@ -169,3 +169,67 @@ def test_microphone_recording_through_a_fake_capture_device_is_scored(served, pl
         page.screenshot(path=str(ARTIFACTS / "space_app_microphone.png"), full_page=True)
     finally:
         browser.close()
+
+
+def live_browser(playwright, capture: Path):
+    """A browser whose fake microphone plays `capture` (Chromium loops the file) and a page on the Live tab."""
+    flags = [*CHROMIUM_FLAGS, "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+             f"--use-file-for-fake-audio-capture={capture}"]  # fmt: skip
+    browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=flags)
+    page = browser.new_context(permissions=["microphone"]).new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    return browser, page
+
+
+def start_live_recording(page, url: str) -> None:
+    page.goto(url)
+    page.get_by_role("tab", name="Live").click()
+    live = page.locator("#live-verdict")
+    expect(live).to_contain_text("waiting for audio")
+    page.get_by_role("button", name="Record", exact=True).click()
+
+
+def heard_seconds(page) -> float:
+    return float(re.search(r"Heard so far: ([0-9.]+) s", page.locator("#live-verdict").inner_text()).group(1))
+
+
+@pytest.mark.slow
+def test_live_tab_shows_window_verdicts_while_the_microphone_plays_and_each_session_its_own(
+    served, playwright, tmp_path
+):
+    """Two browsers at once, each its own fake microphone: one plays 14 s of speech-like audio, the other digital
+    silence. Window verdicts appear on the speech page while its file is still playing (heard < 14 s), each page's
+    windows count 1, 2, ... on its own, and the silent page's windows stay without a verdict (a shared or mixed
+    stream would give it the speech page's windows or verdicts). Stop: the final verdict of the whole recording."""
+    speech_file, silence_file = tmp_path / "speech.wav", tmp_path / "silence.wav"
+    sf.write(speech_file, generated_clip(14.0, 48_000, seed=5), 48_000, subtype="PCM_16")
+    sf.write(silence_file, np.zeros(14 * 48_000), 48_000, subtype="PCM_16")
+    speech_browser, speech_page = live_browser(playwright, speech_file)
+    silence_browser, silence_page = live_browser(playwright, silence_file)
+    try:
+        start_live_recording(speech_page, served["url"])
+        start_live_recording(silence_page, served["url"])
+        windows = speech_page.locator("#live-windows")
+        expect(windows).to_contain_text("window 2", timeout=60_000)
+        heard = heard_seconds(speech_page)
+        assert heard < 14.0, f"the first verdicts came only after the whole file ({heard} s)"
+        assert re.search(r"window 1\s+0\.00-4\.04\s+[+-][0-9.]+\s+(bona fide|spoof)", windows.inner_text())
+        expect(speech_page.locator("#live-verdict")).to_contain_text(re.compile(r"Running verdict: (bona fide|spoof)"))
+        expect(speech_page.locator("#live-experts img")).to_be_visible()
+        expect(speech_page.locator("#live-timeline img")).to_be_visible()
+
+        silent_windows = silence_page.locator("#live-windows")
+        expect(silent_windows).to_contain_text("window 1", timeout=60_000)
+        assert re.search(r"window 1\s+0\.00-4\.04\s+[+-][0-9.]+\s+none yet", silent_windows.inner_text())
+        assert not re.search(r"bona fide|\bspoof\b", silent_windows.inner_text())
+        expect(silence_page.locator("#live-verdict")).to_contain_text("Running verdict: none yet (near-silent)")
+        assert heard_seconds(silence_page) < heard_seconds(speech_page) + 5  # its own clock, not the other's sum
+
+        ARTIFACTS.mkdir(exist_ok=True)
+        speech_page.screenshot(path=str(ARTIFACTS / "space_app_live.png"), full_page=True)
+        speech_page.get_by_role("button", name="Stop", exact=True).first.click()
+        expect(speech_page.locator("#live-verdict")).to_contain_text(re.compile(r"Final verdict: (bona fide|spoof)"))
+        expect(speech_page.locator("#live-verdict")).to_contain_text("the same as uploading the recording")
+    finally:
+        speech_browser.close()
+        silence_browser.close()

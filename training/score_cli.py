@@ -41,8 +41,8 @@ from pathlib import Path
 
 from transformers import AutoModelForAudioClassification  # noqa: F401  (where tests and users patch the loader)
 
+from modeling_molex.audio_io import DEFAULT_MAX_SECONDS
 from training.scoring import ScoringError
-from training.scoring.bounded_audio import DEFAULT_MAX_SECONDS
 from training.scoring.processes import ScoringProcesses, resolve_device
 from training.scoring.scoring_run import RunOptions, run_scoring
 from training.scoring.table_format import TSV_COLUMNS
@@ -106,8 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--max_seconds",
         type=seconds_limit,
         default=DEFAULT_MAX_SECONDS,
-        help=f"refuse (into the errors file) a file longer than this, read from its header before "
-        f"decoding where possible; 0 turns the limit off (default: {DEFAULT_MAX_SECONDS:g} s)",
+        help=f"refuse (into the errors file) a file longer than this: the length is read from the container "
+        f"before decoding and no file decodes past it, whatever its header claims; 0 turns the limit off "
+        f"(default: {DEFAULT_MAX_SECONDS:g} s)",
     )
     parser.add_argument("--official", action="store_true", help="write the ASVspoof 5 score-file format instead")
     parser.add_argument("--resume", action="store_true", help="keep rows already in --output, score the rest")

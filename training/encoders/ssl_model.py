@@ -39,6 +39,9 @@ def encoder_config(config: SSLPretrainConfig) -> Wav2Vec2Config:
         apply_spec_augment=True,  # needed for mask_time_indices to take effect
         mask_time_prob=0.05,  # fine-tuning default; pretraining passes its own mask indices
         vocab_size=2,
+        bos_token_id=None,  # no CTC vocabulary, no tokens: wav2vec2's defaults (eos 2) fall outside vocab_size=2
+        eos_token_id=None,
+        pad_token_id=None,
     )
 
 

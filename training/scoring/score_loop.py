@@ -1,18 +1,22 @@
 """Score one process's files into its table, batching WINDOWS across files.
 
-Files are decoded one at a time (within `--max_seconds`) and gathered into a group until the group holds
+Files are decoded one at a time by the model package's bounded decoder (`modeling_molex.audio_decoding`, the one
+the demo and `score_file` use: the length read from the container and refused over `--max_seconds` before decoding,
+the samples decoded under a hard cap) and gathered into a group until the group holds
 `batch_size` windows; the group then goes to `model.score_waveforms` (the one inference path), which runs the forward
 passes `batch_size` windows at a time. So short files share forward passes as before, while a long file closes its
 group on its own: memory holds one batch of short files or one file, never `batch_size` long files. Rows are written
 and flushed group by group; unreadable files are kept with their reason, never stop the run.
 """
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from modeling_molex.audio_io import decode_audio
+from modeling_molex.scoring import window_starts
 from training.scoring import ScoringError
-from training.scoring.bounded_audio import read_bounded_audio, window_count
 from training.scoring.table_format import (
     format_line,
     official_fields,
@@ -20,6 +24,13 @@ from training.scoring.table_format import (
     open_table_for_append,
     tsv_fields,
 )
+
+
+def window_count(num_samples: int, rate: int, config) -> int:
+    """How many windows `score_waveforms` scores a clip of `num_samples` at `rate` Hz in (default hop)."""
+    model_rate, crop = int(config.sampling_rate), int(config.crop_samples)
+    at_model_rate = math.ceil(num_samples * model_rate / rate) if rate > 0 else num_samples
+    return len(window_starts(at_model_rate, crop, max(1, crop // 2)))
 
 
 class TableWriteError(ScoringError):
@@ -74,19 +85,25 @@ class ShardCounts:
 
 
 def _score_group(model, group, batch_size: int, errors: list) -> list[tuple[Path, object]]:
-    """Score a group together; if one clip is refused (e.g. NaN samples), score the rest one by one."""
+    """Score a group together; if one clip is refused (e.g. NaN samples) or memory runs out, score the clips one by
+    one, so that only the clip at fault goes to the errors, named (MemoryError never ends the run)."""
     paths, waves, rates = zip(*group, strict=True)
     names = [path.name for path in paths]
     try:
         return list(zip(paths, model.score_waveforms(list(waves), list(rates), names=names, batch_size=batch_size),
                         strict=True))  # fmt: skip
-    except ValueError:
+    except (ValueError, MemoryError):
         scored = []
         for path, wave, rate in group:
             try:
-                scored.append((path, model.score_waveform(wave, rate, names=[path.name], batch_size=batch_size)))
+                [result] = model.score_waveforms([wave], [rate], names=[path.name], batch_size=batch_size)
+                scored.append((path, result))
             except ValueError as error:
                 errors.append((path, str(error)))
+            except MemoryError:
+                seconds = wave.shape[-1] / rate
+                errors.append((path, f"{path.name}: scoring it needs more memory than is free ({seconds:.1f} s at "
+                                     f"{rate} Hz; lower --max_seconds or --batch_size)"))  # fmt: skip
         return scored
 
 
@@ -118,7 +135,7 @@ def score_shard(
         try:
             if problem:
                 raise ValueError(problem)
-            wave, rate = read_bounded_audio(path, max_seconds)
+            wave, rate = decode_audio(path, max_seconds=max_seconds)
         except (ValueError, OSError) as error:
             counts.errors.append((path, str(error)))
             counts.processed += 1
