@@ -16,9 +16,9 @@ from pathlib import Path
 
 from training.encoders.import_whisper import default_whisper_folder, ensure_whisper_folder
 from training.encoders.tiny_random import build_tiny_backbone
+from training.trainer.config import TINY_RANDOM_BACKBONE
 
 
-TINY_RANDOM_BACKBONE = "tiny-random"
 PACKAGED_WHISPER = {"whisper-tiny.en": "tiny.en", "whisper-base": "base"}
 NAMED_BACKBONES = (TINY_RANDOM_BACKBONE, *PACKAGED_WHISPER)
 
