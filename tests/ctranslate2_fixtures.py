@@ -220,6 +220,7 @@ def install_fake_weights(
     (site / folder / "config.json").write_text(json.dumps(ctranslate2_config_json(vocab_size)))
     return WhisperWeights(
         name=name,
+        hub_id=f"openai/whisper-{name}",
         model_parts=tuple(model_parts),
         model_sha256=hashlib.sha256(model_bin).hexdigest(),
         model_size=len(model_bin),

@@ -2,6 +2,8 @@
 convert the pinned packages once into the cache and train from there; `tiny-random` builds into the run's folder;
 anything else is a Hub id or a folder and passes through untouched."""
 
+import json
+
 import pytest
 from accelerate import Accelerator
 
@@ -23,7 +25,8 @@ def packaged_tiny_en(tmp_path, monkeypatch):
     site = tmp_path / "site"
     site.mkdir()
     monkeypatch.syspath_prepend(str(site))
-    weights = install_fake_weights(site, ctranslate2_whisper_bytes(random_whisper(seed=3)), ENGLISH_ONLY_VOCAB)
+    model_bin = ctranslate2_whisper_bytes(random_whisper(seed=3))
+    weights = install_fake_weights(site, model_bin, ENGLISH_ONLY_VOCAB, name="tiny.en")
     monkeypatch.setitem(import_whisper.WHISPER_WEIGHTS, "tiny.en", weights)
     monkeypatch.setenv("MOLEX_CACHE", str(tmp_path / "cache"))
     return tmp_path / "cache" / "encoders" / "whisper-tiny.en"
@@ -40,7 +43,15 @@ def test_training_on_whisper_tiny_en_converts_once_into_the_cache(packaged_tiny_
     assert calls == [1]  # the second run reuses the complete conversion
     assert named_backbone_folder("whisper-tiny.en", tmp_path / "run") == str(packaged_tiny_en)
     backbone_config = model.config.backbone_config
-    assert backbone_config.model_type == "whisper" and model.config.backbone_name_or_path == str(packaged_tiny_en)
+    assert backbone_config.model_type == "whisper"
+    # what the weights are, not where this machine cached them: the card, the Hub's base_model and each exported
+    # expert's adapter_config name OpenAI's original (the packaged weights are its float16 copy)
+    assert model.config.backbone_name_or_path == "openai/whisper-tiny.en"
+    assert model.config.adapter.base_model_name_or_path == "openai/whisper-tiny.en"
+    model.save_pretrained(tmp_path / "saved")
+    exported = json.loads((tmp_path / "saved" / "experts" / "expert_0" / "adapter_config.json").read_text())
+    assert exported["base_model_name_or_path"] == "openai/whisper-tiny.en"
+    assert str(tmp_path) not in (tmp_path / "saved" / "config.json").read_text()
     # every dropout a WhisperConfig has (its names differ from wav2vec2's) is overridden
     assert backbone_config.dropout == backbone_config.attention_dropout == backbone_config.activation_dropout == 0
     assert set(model.config.adapter.target_modules) == {"q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"}

@@ -15,6 +15,7 @@ import tempfile
 from pathlib import Path
 
 from training.encoders.import_whisper import default_whisper_folder, ensure_whisper_folder
+from training.encoders.whisper_packages import WHISPER_WEIGHTS
 from training.encoders.tiny_random import build_tiny_backbone
 from training.trainer.config import TINY_RANDOM_BACKBONE
 
@@ -29,6 +30,16 @@ def named_backbone_folder(backbone: str, output_dir: str | Path) -> str | None:
         return str(Path(output_dir) / "tiny_backbone")
     if backbone in PACKAGED_WHISPER:
         return str(default_whisper_folder(PACKAGED_WHISPER[backbone]))
+    return None
+
+
+def published_backbone_name(backbone: str) -> str | None:
+    """The name a model trained on this backbone should record (config, model card, each expert's PEFT
+    `base_model_name_or_path`): the Hub original that the packaged Whisper weights copy, so that a published model
+    names what it was built on rather than this machine's cache folder; None for other backbones (their folder or Hub
+    id is recorded as given)."""
+    if backbone in PACKAGED_WHISPER:
+        return WHISPER_WEIGHTS[PACKAGED_WHISPER[backbone]].hub_id
     return None
 
 

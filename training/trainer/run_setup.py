@@ -17,6 +17,7 @@ from training.encoders.named_backbones import (
     NAMED_BACKBONES,
     TINY_RANDOM_BACKBONE,
     named_backbone_folder,
+    published_backbone_name,
     resolve_named_backbone,
 )
 from training.trainer.config import TrainConfig
@@ -105,6 +106,10 @@ def build_model(config: TrainConfig, accelerator: Accelerator) -> MoLExForAudioC
             class_weights=config.class_weights,
             backbone_kwargs=backbone_dropout_overrides(backbone, config.backbone_dropout),
         )
+        published = published_backbone_name(config.backbone)
+        if published:  # the weights were loaded from the cache folder; the model names their Hub original
+            model.config.backbone_name_or_path = model.config.adapter.base_model_name_or_path = published
+            model.config.backbone_config.name_or_path = published
     shortest = min_input_samples(model.config.backbone_config)
     if config.crop_samples < shortest:
         raise ValueError(
