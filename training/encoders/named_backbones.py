@@ -15,8 +15,8 @@ import tempfile
 from pathlib import Path
 
 from training.encoders.import_whisper import default_whisper_folder, ensure_whisper_folder
-from training.encoders.whisper_packages import WHISPER_WEIGHTS
 from training.encoders.tiny_random import build_tiny_backbone
+from training.encoders.whisper_packages import WHISPER_WEIGHTS
 from training.trainer.config import TINY_RANDOM_BACKBONE
 
 
