@@ -6,7 +6,6 @@ calibration is fitted on the main process and broadcast, and only the main proce
 """
 
 import json
-import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -14,6 +13,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from modeling_molex.atomic_saves import swap_into_place
 from training.metrics.calibration import fit_llr_calibration
 from training.metrics.det_plot import save_det_plot
 from training.metrics.scoring import known_and_unseen_metrics, metrics_for, score_loader, write_split_reports
@@ -83,15 +83,14 @@ def finish(run: "Run", state: "TrainState", train_seconds: float) -> dict:
 
 
 def save_model_folder(model: torch.nn.Module, folder: Path, config: TrainConfig, results: dict) -> None:
-    """save_pretrained into a staging folder, then rename: the model folder is complete or absent."""
+    """save_pretrained into a staging folder, then swap it into place: `folder` always holds a whole model, the
+    previous one until the new one is complete (a removal before the rename would lose both to a kill between)."""
     staging = Path(tempfile.mkdtemp(prefix=".model-", dir=folder.parent))
     try:
         model.save_pretrained(staging)
         config.save(staging / "train_config.yaml")
         (staging / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(staging, folder)
+        swap_into_place(str(staging), str(folder))
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
