@@ -80,43 +80,10 @@ from .scoring import (
     window_starts,
 )
 from .silence_gate import MIN_ACTIVE_SECONDS, ActiveFrames
-from .stream_buffers import Timeline, WindowBuffer
+from .stream_buffers import Timeline, WindowBuffer, WindowScore
 
 
 __all__ = ["StreamingScorer", "WindowScore"]
-
-
-@dataclass(frozen=True)
-class WindowScore:
-    """One window of a stream, as `push` returns it once the window's last sample is in. Higher = more bona fide.
-
-    Args:
-        index: the window's place in the stream (0, 1, ...), its row in `finish().window_scores`.
-        start, end: seconds from the stream's start (at the model's rate, as `WaveformScore.window_starts`).
-        score: the window's score (an LLR when the model is calibrated and `calibrate=True`).
-        verdict: "bonafide" (score >= 0) or "spoof"; None while the stream so far is near-silent.
-        expert_usage: (routers, experts) share of the window's routing decisions per expert (the experts that fired).
-        silent: the stream so far is below the silence threshold.
-        running_score, running_verdict: the mean of the stream's windows so far and its verdict (None when silent).
-        channel_policy: how the channels became one, as decided so far ("mono", "mean of 2 channels", ...).
-    """
-
-    index: int
-    start: float
-    end: float
-    score: float
-    verdict: str | None
-    expert_usage: torch.Tensor
-    silent: bool
-    running_score: float
-    running_verdict: str | None
-    channel_policy: str
-
-    def to_dict(self) -> dict:
-        """Plain JSON-ready values."""
-        return {name: getattr(self, name) for name in self.__dataclass_fields__} | {
-            "expert_usage": self.expert_usage.tolist()
-        }
 
 
 @dataclass(frozen=True)
