@@ -123,7 +123,13 @@ TESTS_BY_FILE = {
         "not slow",
     ],
     # The kill -9 save tests run in subprocesses (slow, outside mutmut's reach): deselected.
-    "modeling_molex/hub_upload.py": ["tests/test_push_to_hub.py", "tests/test_atomic_saves.py", "-m", "not slow"],
+    "modeling_molex/hub_upload.py": [
+        "tests/test_hub_upload_units.py",
+        "tests/test_push_to_hub.py",
+        "tests/test_atomic_saves.py",
+        "-m",
+        "not slow",
+    ],
     "training/score_cli.py": ["tests/test_score_cli.py", "-m", "not slow"],
     # The data-scale tests (5,000-row corpus, seconds each) pin speed and memory, not decisions: left out.
     "training/data/protocols.py": [
