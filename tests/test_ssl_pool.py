@@ -126,6 +126,7 @@ def test_the_plan_uses_train_recordings_and_prompts_only_with_each_attacks_own_i
         }
     assert all(t["codec"] is None for t in tasks)
     assert len({t["seed"] for t in tasks}) == len(tasks) and all(0 <= t["seed"] < 2**62 for t in tasks)
+    assert max(t["seed"] for t in tasks) > 2**40  # drawn from the whole 62-bit range
 
 
 def test_the_plan_is_seeded_and_codes_the_asked_share(fake_sources):
@@ -265,6 +266,8 @@ def test_build_pool_writes_every_clip_its_manifest_and_summary_and_counts_failur
 
 def test_build_pool_refuses_a_built_pool_and_replaces_a_folder_without_one(tmp_path, fake_sources):
     corpus = _write_corpus(tmp_path / "corpus")
+    nested = ssl_pool.build_pool(tmp_path / "new" / "folders" / "pool", corpus, True, False, 0, 0.0, seed=0)
+    assert nested["clips"] == 3 and (tmp_path / "new" / "folders" / "pool" / MANIFEST).is_file()
     pool = tmp_path / "pool"
     (pool / "stale").mkdir(parents=True)
     summary = ssl_pool.build_pool(pool, corpus, True, False, 0, coded_fraction=0.0, seed=0)
