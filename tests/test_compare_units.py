@@ -264,7 +264,9 @@ def test_the_linear_probe_row_fits_on_train_and_scores_dev_and_eval_by_utterance
     }
     calls = []
     monkeypatch.setattr(compare, "resolve_named_backbone", lambda name, folder: calls.append((name, folder)) or "bb")
-    monkeypatch.setattr(compare.linear_probe, "load_encoder", lambda folder, random_init: ("encoder", folder, random_init))
+    monkeypatch.setattr(
+        compare.linear_probe, "load_encoder", lambda folder, random_init: ("encoder", folder, random_init)
+    )
     monkeypatch.setattr(compare, "load_asvspoof5", lambda corpus, splits: calls.append((corpus, splits)) or data)
     monkeypatch.setattr(compare, "audio_paths", lambda split: [f"{u}.flac" for u in split["utt_id"]])
 
@@ -311,7 +313,9 @@ def test_main_defaults_are_the_documented_comparison(tmp_path, monkeypatch):
         "eval_every_steps": 0, "early_stopping_patience": 0, "log_with": "none", "save_total_limit": 1,
         "calibrate": False, "config": "configs/tiny.yaml", "seeds": [0, 1, 2],
     }  # fmt: skip
-    assert fixed == [(s, {"corpus": "/corpus"}) for s in (0, 1, 2)] + [(s, {"backbone": "tiny-random"}) for s in (0, 1, 2)]
+    assert fixed == [(s, {"corpus": "/corpus"}) for s in (0, 1, 2)] + [
+        (s, {"backbone": "tiny-random"}) for s in (0, 1, 2)
+    ]
     assert calls[-1][0] == "full_finetune" and calls[-1][3]["learning_rate"] == pytest.approx(1e-4 * 0.25)
     assert (tmp_path / "outputs" / "compare" / "results.json").is_file()
     assert (tmp_path / "outputs" / "compare" / "table.md").read_text() == compare.table(results["rows"]) + "\n"

@@ -23,6 +23,7 @@ from training.hub.model_card import load_results
     [
         ("/home/me/runs/model/", "model"),
         ("/home/me/runs/model", "model"),
+        ("/data/BOX/", "BOX"),
         ("~/data/", "data"),
         ("C:\\Users\\me\\xls-r\\", "xls-r"),
         ("\\\\server\\share\\wavlm", "wavlm"),
@@ -152,7 +153,11 @@ def test_an_upload_with_the_defaults_commits_on_the_head_it_read(tmp_path, api):
     assert isinstance(checked_api, RecordingApi) and checked_repo == "me/molex" and checked_info.sha == "head-sha"
     assert remote == set(RecordingApi.remote)
     name, kwargs = commit
-    assert (name, kwargs["repo_id"], kwargs["commit_message"]) == ("create_commit", "me/molex", "Upload MoLEx (2 files)")
+    assert (name, kwargs["repo_id"], kwargs["commit_message"]) == (
+        "create_commit",
+        "me/molex",
+        "Upload MoLEx (2 files)",
+    )
     assert (kwargs["revision"], kwargs["create_pr"], kwargs["parent_commit"]) == (None, False, "head-sha")
     assert _operations(kwargs) == [
         ("CommitOperationAdd", "b.txt"),
@@ -214,7 +219,9 @@ def pushed(tmp_path, monkeypatch):
     monkeypatch.setattr(hub_upload, "upload_folder_in_one_commit", upload)
 
     def push(*args, leak=None, **kwargs):
-        assert hub_upload.push_model_in_one_commit(StubModel(tmp_path / "saved", leak), *args, **kwargs) == "commit-info"
+        assert (
+            hub_upload.push_model_in_one_commit(StubModel(tmp_path / "saved", leak), *args, **kwargs) == "commit-info"
+        )
         return calls[-1]
 
     push.calls = calls

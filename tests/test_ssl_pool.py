@@ -113,7 +113,8 @@ def test_the_plan_uses_train_recordings_and_prompts_only_with_each_attacks_own_i
     assert all(len(group) == 3 for group in spoofs.values()) and len(bonafide) + 9 == len(tasks)
     english, spanish = prompts[0], prompts[1]
     assert [(t["key"], t["text"], t["lang"]) for t in spoofs["A01"]] == [
-        (p.key, p.text, p.lang) for p in (english, spanish, english)  # espeak-ng speaks every language, in turn
+        (p.key, p.text, p.lang)
+        for p in (english, spanish, english)  # espeak-ng speaks every language, in turn
     ]
     assert {(t["key"], t["text"], t["lang"]) for t in spoofs["A02"]} == {(english.key, english.text, "en")}
     for task in spoofs["A04"]:  # copy-synthesis: a train recording, no text
@@ -215,9 +216,7 @@ def _read_rows(pool: Path) -> list[dict]:
 
 
 @pytest.mark.parametrize("workers", [1, 2])
-def test_build_pool_writes_every_clip_its_manifest_and_summary_and_counts_failures(
-    tmp_path, fake_sources, workers
-):
+def test_build_pool_writes_every_clip_its_manifest_and_summary_and_counts_failures(tmp_path, fake_sources, workers):
     corpus = _write_corpus(tmp_path / "corpus")
     pool = tmp_path / "pool"
     (tmp_path / ".pool.staging" / "junk").mkdir(parents=True)  # a crashed build's leftovers
