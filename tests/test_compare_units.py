@@ -254,3 +254,68 @@ def test_trainable_parameters_count_what_the_row_trains(tmp_path):
     model = compare.build_model(config, __import__("accelerate").Accelerator(cpu=True))
     back_end = [model.layer_sum, model.pooling, model.classifier]
     assert compare.trainable_parameters(config) == sum(p.numel() for m in back_end for p in m.parameters())
+
+
+def test_the_linear_probe_row_fits_on_train_and_scores_dev_and_eval_by_utterance(tmp_path, monkeypatch):
+    data = {
+        "train": {"utt_id": ["t1", "t2", "t3"], "attack": ["bonafide", "A01", "A02"], "label": [1, 0, 0]},
+        "dev": {"utt_id": ["d1"], "attack": ["A03"], "label": [0]},
+        "eval": {"utt_id": ["e1", "e2"], "attack": ["A07", "bonafide"], "label": [0, 1]},
+    }
+    calls = []
+    monkeypatch.setattr(compare, "resolve_named_backbone", lambda name, folder: calls.append((name, folder)) or "bb")
+    monkeypatch.setattr(
+        compare.linear_probe, "load_encoder", lambda folder, random_init: ("encoder", folder, random_init)
+    )
+    monkeypatch.setattr(compare, "load_asvspoof5", lambda corpus, splits: calls.append((corpus, splits)) or data)
+    monkeypatch.setattr(compare, "audio_paths", lambda split: [f"{u}.flac" for u in split["utt_id"]])
+
+    def embed(encoder, paths):
+        assert encoder == ("encoder", "bb", False)
+        return {"layer_concat": np.ones((len(paths), 6)), "mean": np.zeros((len(paths), 2))}
+
+    def fit_probe(features, labels, l2):
+        calls.append(({split: f.shape for split, f in features.items()}, labels.tolist(), l2))
+        return {"train": np.zeros(3), "dev": np.array([0.25]), "eval": np.array([-1.0, 2.0])}
+
+    monkeypatch.setattr(compare.linear_probe, "embed", embed)
+    monkeypatch.setattr(compare.linear_probe, "fit_probe", fit_probe)
+    result = compare.linear_probe_scores("tiny-random", "corpus", ["A07"], tmp_path)
+    assert calls == [
+        ("tiny-random", tmp_path / "linear_probe"),
+        ("corpus", ("train", "dev", "eval")),
+        ({"train": (3, 6), "dev": (1, 6), "eval": (2, 6)}, [1, 0, 0], 100.0),
+    ]
+    assert result["dev"] == {"d1": 0.25} and result["eval"] == {"e1": -1.0, "e2": 2.0}
+    assert result["known_attacks"] == ["A01", "A02", "A07"] and result["parameters"] == 7  # 6 weights + a bias
+    assert result["seconds"] == round(result["seconds"], 1) and 0 <= result["seconds"] < 60
+    data["eval"]["utt_id"].append("e3")  # one score short
+    with pytest.raises(ValueError):
+        compare.linear_probe_scores("tiny-random", "corpus", [], tmp_path)
+
+
+def test_main_defaults_are_the_documented_comparison(tmp_path, monkeypatch):
+    """Three seeds, the paper's rows, 120 steps of 1 s crops in batches of 16, 300-clip eval subsets, full
+    fine-tuning at a quarter of the config's learning rate; outputs/compare under the working folder."""
+    calls = []
+    monkeypatch.setattr(compare, "run_neural", _fake_neural_run(calls))
+    monkeypatch.setattr(compare, "mfcc_lr_scores", lambda corpus, known: {"corpus": corpus})
+    monkeypatch.setattr(compare, "linear_probe_scores", lambda backbone, corpus, known, out: {"backbone": backbone})
+    fixed = []
+    monkeypatch.setattr(compare, "run_mfcc", lambda seed, argv, scores: fixed.append((seed, scores)) or {})
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "tiny.yaml").write_text("data_root: /corpus\nbackbone: tiny-random\n")
+    results = compare.main([])
+    assert list(results["rows"]) == compare.PAPER_ROWS and results["settings"]["seeds"] == [0, 1, 2]
+    assert results["settings"] == {
+        "data_root": "/corpus", "max_steps": 120, "crop_samples": 16000, "batch_size": 16, "max_eval_samples": 300,
+        "eval_every_steps": 0, "early_stopping_patience": 0, "log_with": "none", "save_total_limit": 1,
+        "calibrate": False, "config": "configs/tiny.yaml", "seeds": [0, 1, 2],
+    }  # fmt: skip
+    assert fixed == [(s, {"corpus": "/corpus"}) for s in (0, 1, 2)] + [
+        (s, {"backbone": "tiny-random"}) for s in (0, 1, 2)
+    ]
+    assert calls[-1][0] == "full_finetune" and calls[-1][3]["learning_rate"] == pytest.approx(1e-4 * 0.25)
+    assert (tmp_path / "outputs" / "compare" / "results.json").is_file()
+    assert (tmp_path / "outputs" / "compare" / "table.md").read_text() == compare.table(results["rows"]) + "\n"
