@@ -95,7 +95,10 @@ TESTS_BY_FILE = {
     # Subprocess tests (fresh-process loads, the CLI as a command) run outside mutmut's reach: deselected.
     "modeling_molex/scoring.py": [
         "tests/test_score_waveform.py",
-        "tests/test_thread_safety.py",
+        "tests/test_score_numbers.py",
+        "tests/test_thread_safety.py::test_one_pipeline_shared_by_threads_equals_sequential_calls",
+        "tests/test_bounded_decoding.py::test_score_file_and_read_audio_share_the_decoders_limit",
+        "tests/test_bounded_decoding.py::test_memory_error_while_scoring_a_file_names_the_file",
         "tests/test_score_cli.py",
         "tests/test_evaluate_model.py",
         "-m",
@@ -123,7 +126,8 @@ TESTS_BY_FILE = {
         "not slow",
     ],
     "modeling_molex/hub_upload.py": ["tests/test_push_to_hub.py", "tests/test_model_lifecycle.py"],
-    "training/score_cli.py": ["tests/test_score_cli.py", "-m", "not slow"],
+    # test_score_cli_units.py pins the CLI's own decisions with a recording fake run (milliseconds per test).
+    "training/score_cli.py": ["tests/test_score_cli_units.py", "tests/test_score_cli.py", "-m", "not slow"],
     # The data-scale tests (5,000-row corpus, seconds each) pin speed and memory, not decisions: left out.
     "training/data/protocols.py": [
         "tests/test_protocol_safety.py",
