@@ -105,10 +105,11 @@ TESTS_BY_FILE = {
         "not slow",
     ],
     "modeling_molex/audio_io.py": [
+        "tests/test_audio_io_units.py",
         "tests/test_audio_io.py",
         "tests/test_score_waveform.py",
+        "tests/test_score_numbers.py",
         "tests/test_data.py",
-        "tests/test_score_cli.py",
         "-m",
         "not slow",
     ],
