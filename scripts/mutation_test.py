@@ -94,6 +94,7 @@ TESTS_BY_FILE = {
     # ----- the user-facing files (issue 19): scoring, decoding, novelty, pipeline, Hub upload, the CLI -----
     # Subprocess tests (fresh-process loads, the CLI as a command) run outside mutmut's reach: deselected.
     "modeling_molex/scoring.py": [
+        "tests/test_scoring_units.py",
         "tests/test_score_waveform.py",
         "tests/test_score_numbers.py",
         "tests/test_thread_safety.py::test_one_pipeline_shared_by_threads_equals_sequential_calls",
