@@ -5,6 +5,8 @@ classes). One tiny wav2vec2 model; the scoring path end to end is in test_score_
 
 import json
 import math
+import os
+import re
 
 import numpy as np
 import pytest
@@ -13,6 +15,7 @@ import torch
 from conftest import randomize_experts, tiny_backbone_config
 
 from modeling_molex import MoLExAdapterConfig, MoLExConfig, MoLExForAudioClassification, scoring
+from modeling_molex import audio_io as scoring_audio_io
 from modeling_molex.audio_io import AudioInputError
 from modeling_molex.finite_checks import NonFiniteScoreError
 from modeling_molex.novelty import NoveltyResult
@@ -91,7 +94,7 @@ def test_the_probability_and_the_verdict_of_a_clip_agree_with_its_score(model):
 
 @pytest.mark.parametrize(
     ("samples", "expected"),
-    [(10, [0]), (100, [0]), (101, [0, 1]), (150, [0, 50]), (160, [0, 50, 60]), (200, [0, 50, 100])],
+    [(10, [0]), (100, [0]), (101, [0, 1]), (149, [0, 49]), (150, [0, 50]), (160, [0, 50, 60]), (200, [0, 50, 100])],
 )
 def test_windows_start_every_hop_and_the_last_one_ends_at_the_clip_end(samples, expected):
     assert window_starts(samples, 100, 50) == expected
@@ -108,6 +111,15 @@ def test_a_sampling_rate_that_is_not_a_positive_integer_is_refused_naming_the_in
     with pytest.raises(AudioInputError) as refused:
         check_sampling_rate(rate, "clip.wav")
     assert str(refused.value) == f"clip.wav: sampling_rate must be a positive integer (Hz), got {rate!r}"
+
+
+def test_a_rate_below_8_khz_is_refused_saying_why():
+    with pytest.raises(AudioInputError) as refused:
+        check_sampling_rate(7_999, "clip.wav")
+    assert str(refused.value) == (
+        "clip.wav: sampling_rate is 7999 Hz; at least 8000 Hz is needed (below it the speech band is gone)"
+    )
+    assert check_sampling_rate(8_000, "clip.wav") == 8_000
 
 
 def test_one_rate_for_all_or_one_per_clip_and_names_for_errors(model):
@@ -137,6 +149,35 @@ def test_sample_values_that_overflow_when_mixed_are_refused_naming_the_clip(mode
     assert str(refused.value) == (
         "loud.wav: sample values overflow when mixed or resampled (|x| near float32's limit)"
     )
+
+
+def test_a_resampling_error_names_the_clip(model, monkeypatch):
+    monkeypatch.setattr(scoring_audio_io, "soxr", None)
+    with pytest.raises(AudioInputError, match=r"^phone\.wav: resampling 8000 Hz to the model's 16000 Hz needs"):
+        model.score_waveforms([speech(0.5)], 8_000, names=["phone.wav"])
+
+
+def test_windows_reach_the_model_as_float32_whatever_the_input_precision(model, monkeypatch):
+    """float64 audio is cast once, before windowing: 4 bytes per sample of audio held, not 8."""
+    seen = []
+    real = scoring.score_window_batch
+
+    def recording(model, windows):
+        seen.append(windows.dtype)
+        return real(model, windows)
+
+    monkeypatch.setattr(scoring, "score_window_batch", recording)
+    wave = speech(0.6, seed=7).astype(np.float64)
+    result = model.score_waveform(wave, RATE)
+    assert seen == [torch.float32] and result.score is not None
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")  # the silence gate's variance: inf, loud
+def test_audio_whose_negative_peak_is_absurd_scores_like_it_at_normal_level(model):
+    """The peak is the largest |x|: a rectified clip of values near -1e300 is brought into float32's range too."""
+    wave = -np.abs(speech(0.5, seed=8)).astype(np.float64)
+    normal = model.score_waveform(wave, RATE).score
+    assert model.score_waveform(wave * 1e300, RATE).score == pytest.approx(normal, abs=1e-3)
 
 
 # ----- the result ---------------------------------------------------------------------------------------------------
@@ -275,6 +316,70 @@ def test_routing_signatures_are_the_model_folders(model, tmp_path):
     )
     signatures = reloaded.routing_signatures()
     assert signatures is not None and signatures.threshold == 0.3 and list(signatures.known) == ["A07"]
+
+
+def write_signatures(folder, top_k: int = 2) -> None:
+    (folder / "routing_signatures.json").write_text(
+        json.dumps({"known": {"A07": [0.5] * 8, "bonafide": [0.25] * 8}, "threshold": 0.3, "top_k": top_k})
+    )
+
+
+@pytest.fixture
+def saved(model, tmp_path):
+    model.save_pretrained(tmp_path / "model")
+    return tmp_path / "model"
+
+
+def test_signatures_are_read_once_per_file_version(saved, monkeypatch):
+    reads = []
+    real = scoring._read_signatures_file
+
+    def counting(path):
+        reads.append(path)
+        return real(path)
+
+    monkeypatch.setattr(scoring, "_read_signatures_file", counting)
+    reloaded = MoLExForAudioClassification.from_pretrained(saved).eval()
+    write_signatures(saved)
+    first = reloaded.routing_signatures()
+    assert reloaded.routing_signatures() is first and len(reads) == 1  # cached
+    write_signatures(saved, top_k=1)
+    path = str(saved / "routing_signatures.json")
+    os.utime(path, ns=(os.stat(path).st_atime_ns, os.stat(path).st_mtime_ns + 1_000_000))  # a newer version
+    with pytest.raises(ValueError, match=rf"^{re.escape(path)}: top_k is 1 but this model routes to top_k=2"):
+        reloaded.routing_signatures()
+    assert len(reads) == 2
+
+
+def test_the_signatures_cache_is_per_model_layout(saved):
+    write_signatures(saved)
+    assert MoLExForAudioClassification.from_pretrained(saved).routing_signatures() is not None
+    other = MoLExForAudioClassification.from_pretrained(saved)
+    other.config.adapter.top_k = 1  # another layout, same file version: checked afresh, never served from the cache
+    with pytest.raises(ValueError, match="top_k is 2 but this model routes to top_k=1"):
+        other.routing_signatures()
+
+
+def test_a_model_from_nowhere_looks_nothing_up_and_a_hub_model_finds_its_file(model, saved, monkeypatch):
+    import transformers.utils
+
+    calls = []
+
+    def cached_file(repo, filename, **kwargs):
+        calls.append((repo, filename, kwargs))
+        if repo == "org/offline":
+            raise OSError("offline")
+        return str(saved / filename) if repo == "org/model" else None
+
+    monkeypatch.setattr(transformers.utils, "cached_file", cached_file)
+    assert model.name_or_path == "" and model.routing_signatures() is None and calls == []
+    write_signatures(saved)
+    hub = MoLExForAudioClassification.from_pretrained(saved)
+    for repo, found in (("org/model", True), ("org/other", False), ("org/offline", False)):
+        hub.name_or_path = repo
+        assert (hub.routing_signatures() is not None) == found
+    assert calls == [(repo, "routing_signatures.json", {"_raise_exceptions_for_missing_entries": False})
+                     for repo in ("org/model", "org/other", "org/offline")]  # fmt: skip
 
 
 def test_the_pipeline_and_handler_classes_are_the_shipped_ones(model):
