@@ -63,10 +63,11 @@ def as_float_samples(wave, name: str = "wave") -> np.ndarray:
 
 
 def refuse_non_finite(wave: np.ndarray, name: str = "wave") -> None:
-    """Raise `AudioInputError` counting the NaN or infinite samples of (channels, samples) and where the first is."""
+    """Raise `AudioInputError` counting the NaN or infinite samples of (channels, samples) and where the first is
+    (the earliest sample index in any channel)."""
     finite = np.isfinite(wave)
     if not finite.all():
-        first = int(np.argwhere(~finite)[0][1])
+        first = int(np.flatnonzero(~finite.all(axis=0))[0])
         raise AudioInputError(
             f"{name}: {int((~finite).sum())} samples are NaN or infinite (first at sample {first}); refusing to score"
         )

@@ -94,18 +94,23 @@ TESTS_BY_FILE = {
     # ----- the user-facing files (issue 19): scoring, decoding, novelty, pipeline, Hub upload, the CLI -----
     # Subprocess tests (fresh-process loads, the CLI as a command) run outside mutmut's reach: deselected.
     "modeling_molex/scoring.py": [
+        "tests/test_scoring_units.py",
         "tests/test_score_waveform.py",
-        "tests/test_thread_safety.py",
+        "tests/test_score_numbers.py",
+        "tests/test_thread_safety.py::test_one_pipeline_shared_by_threads_equals_sequential_calls",
+        "tests/test_bounded_decoding.py::test_score_file_and_read_audio_share_the_decoders_limit",
+        "tests/test_bounded_decoding.py::test_memory_error_while_scoring_a_file_names_the_file",
         "tests/test_score_cli.py",
         "tests/test_evaluate_model.py",
         "-m",
         "not slow",
     ],
     "modeling_molex/audio_io.py": [
+        "tests/test_audio_io_units.py",
         "tests/test_audio_io.py",
         "tests/test_score_waveform.py",
+        "tests/test_score_numbers.py",
         "tests/test_data.py",
-        "tests/test_score_cli.py",
         "-m",
         "not slow",
     ],
@@ -130,7 +135,8 @@ TESTS_BY_FILE = {
         "-m",
         "not slow",
     ],
-    "training/score_cli.py": ["tests/test_score_cli.py", "-m", "not slow"],
+    # test_score_cli_units.py pins the CLI's own decisions with a recording fake run (milliseconds per test).
+    "training/score_cli.py": ["tests/test_score_cli_units.py", "tests/test_score_cli.py", "-m", "not slow"],
     # The data-scale tests (5,000-row corpus, seconds each) pin speed and memory, not decisions: left out.
     "training/data/protocols.py": [
         "tests/test_protocol_safety.py",
