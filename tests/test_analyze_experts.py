@@ -59,6 +59,19 @@ def test_usage_tables_and_specialisation():
     assert specialisation(table) == {"expert_0": ["A01"], "expert_1": ["A02"], "expert_2": []}
 
 
+def test_specialisation_leaves_bona_fide_out_and_counts_a_usage_of_exactly_the_ratio():
+    # expert 0: A01 uses it 1.5 x the attacks' mean (1.0 vs 2/3), exactly the ratio; bona fide's heavy use of
+    # expert 2 neither counts as an attack nor raises the attacks' mean.
+    table = {
+        "A01": np.array([[1.0, 0.0, 1.0]]),  # expert 1: A02 and A03 at exactly 1.5 x 2/3
+        "A02": np.array([[0.5, 1.0, 0.5]]),
+        "A03": np.array([[0.5, 1.0, 0.5]]),
+        "bonafide": np.array([[0.0, 0.0, 2.0]]),
+    }
+    assert specialisation(table) == {"expert_0": ["A01"], "expert_1": ["A02", "A03"], "expert_2": ["A01"]}
+    assert specialisation({"bonafide": np.ones((1, 3))}) == {}
+
+
 def saved_model(tmp_path):
     torch.manual_seed(0)
     adapter = MoLExAdapterConfig(num_experts=4, top_k=2, r=4)
@@ -71,12 +84,27 @@ def saved_model(tmp_path):
 def test_empty_reference_split_and_unknown_known_attacks_are_clear_errors(tmp_path):
     corpus = write_synthetic_asvspoof5(tmp_path / "corpus", per_class=2)
     saved_model(tmp_path)
-    with pytest.raises(ValueError, match=r"--known_attacks \['A99'\]: no such attack"):
+    message = (
+        rf"^--known_attacks \['A99'\]: no such attack in the 'eval' or 'train' split of {corpus} "
+        r"\(attacks there: \['A01', 'A02', 'A04', 'bonafide'\]\)$"
+    )
+    with pytest.raises(ValueError, match=message):
         analyze(str(tmp_path / "model"), str(corpus), "eval", "train", str(tmp_path / "a"), known_attacks=["A99"])
     protocol = next(corpus.rglob("ASVspoof5.train.tsv"))
     protocol.write_text("")  # an empty reference split
-    with pytest.raises(ValueError, match=r"train"):
+    with pytest.raises(ValueError, match=r"ASVspoof5\.train\.tsv: the protocol lists no utterances"):
         analyze(str(tmp_path / "model"), str(corpus), "eval", "train", str(tmp_path / "a"))
+
+
+def test_a_split_of_one_clip_is_enough_and_known_attacks_may_come_from_either_split():
+    from datasets import Dataset
+
+    from training.analysis.analyze_experts import check_splits
+
+    corpus = {"train": Dataset.from_dict({"attack": ["A02"]}), "eval": Dataset.from_dict({"attack": ["A04"]})}
+    check_splits(corpus, "root", "eval", "train", ["A02", "A04"])  # A02 only in train, A04 only in eval
+    with pytest.raises(ValueError, match=r"^root: the 'eval' split is empty: there is no routing to analyse$"):
+        check_splits({**corpus, "eval": Dataset.from_dict({"attack": []})}, "root", "eval", "train", None)
 
 
 @pytest.mark.slow
@@ -181,7 +209,7 @@ def fake_analysis(tmp_path, monkeypatch, **kwargs):
     batch_sizes = []
 
     def recording(model, dataset, batch_size, with_usage):
-        assert with_usage is True
+        assert with_usage is True and isinstance(model, MoLExForAudioClassification)
         batch_sizes.append(batch_size)
         return fake_score_dataset(model, dataset, batch_size, with_usage)
 
@@ -253,10 +281,14 @@ def test_the_analysis_writes_its_tables_signatures_and_figures(tmp_path, monkeyp
 
 
 def test_the_output_folder_defaults_to_analysis_beside_the_model_and_options_reach_the_scoring(tmp_path, monkeypatch):
+    from training.data.loaders import load_asvspoof5
+    from training.trainer.run_setup import subsample
+
     results, batch_sizes = fake_analysis(tmp_path, monkeypatch, output_dir=None, batch_size=3, max_samples=5)
     assert batch_sizes == [3, 3]
     rows = (tmp_path / "analysis" / "routing_signatures_eval.tsv").read_text().splitlines()
-    assert len(rows) == 1 + 5  # 5 of the 8 eval clips, drawn with seed 0
+    drawn = subsample(load_asvspoof5(tmp_path / "corpus", splits=["eval"])["eval"], 5, seed=0)["utt_id"]
+    assert [row.split("\t")[0] for row in rows[1:]] == sorted(drawn)  # 5 of the 8 eval clips, drawn with seed 0
     assert (tmp_path / "analysis" / "expert_analysis.json").exists()
     assert (
         results["novelty"]["separation"]["num_unseen"] + results["novelty"]["separation"]["num_known_or_bonafide"] == 5
@@ -264,7 +296,7 @@ def test_the_output_folder_defaults_to_analysis_beside_the_model_and_options_rea
 
 
 def test_attacks_named_known_are_not_counted_as_unseen(tmp_path, monkeypatch):
-    results, _ = fake_analysis(tmp_path, monkeypatch, output_dir=str(tmp_path / "out"), known_attacks=["A04"])
+    results, _ = fake_analysis(tmp_path, monkeypatch, output_dir=str(tmp_path / "out"), known_attacks=["A02", "A04"])
     assert results["novelty"]["separation"] is None  # nothing unseen is left to separate
 
 
@@ -311,7 +343,7 @@ def test_the_heatmap_shows_each_routers_usage_per_group(tmp_path, monkeypatch):
     figures = []
     monkeypatch.setattr(plt, "close", figures.append)
     rng = np.random.default_rng(0)
-    table = {name: rng.uniform(0, 2, (5, 3)) for name in ("A01", "A02", "bonafide")}  # 5 routers x 3 experts
+    table = {name: rng.uniform(0, 0.9, (5, 3)) for name in ("A01", "A02", "bonafide")}  # 5 routers x 3 experts
     names = [f"layer_{i}" for i in range(5)]
     analysis.save_heatmap(tmp_path / "map.png", table, names, "Expert usage per attack (eval)")
     (figure,) = figures
@@ -323,7 +355,7 @@ def test_the_heatmap_shows_each_routers_usage_per_group(tmp_path, monkeypatch):
     for index, axis in enumerate(shown):
         (image,) = axis.get_images()
         np.testing.assert_allclose(image.get_array(), np.stack([table[g][index] for g in table]))
-        assert image.get_clim() == (0, vmax) and image.get_cmap().name == "viridis"
+        assert image.get_clim() == (0, vmax) and image.get_cmap().name == "viridis" and axis.get_aspect() == "auto"
         assert [label.get_text() for label in axis.get_xticklabels()] == ["0", "1", "2"]
         expected_rows = list(table) if index % 4 == 0 else ["", "", ""]
         assert [label.get_text() for label in axis.get_yticklabels()] == expected_rows
