@@ -3,6 +3,7 @@ form the pipeline accepts scores exactly like `score_waveform` on the same audio
 `top_k` / `return_details` / `window_batch_size`, and the errors for input there is no verdict for."""
 
 import io
+import json
 
 import numpy as np
 import pytest
@@ -190,3 +191,14 @@ def test_a_file_that_is_not_audio_is_an_error_naming_it(classify, tmp_path):
     buffer = io.BytesIO()
     sf.write(buffer, speech(0.3, seed=4), 16_000, format="WAV", subtype="PCM_16")
     assert classify(buffer.getvalue())[0]["label"] in ("bonafide", "spoof")
+
+
+def test_the_saved_config_names_this_pipeline_for_the_hub_loader(model, tmp_path):
+    """What the slow fresh-process test relies on: `config.json` points transformers at this class and the file that
+    holds it is saved beside the weights (remote code)."""
+    model.save_pretrained(tmp_path / "model")
+    entry = json.loads((tmp_path / "model" / "config.json").read_text())["custom_pipelines"]["audio-classification"]
+    module, _, name = entry["impl"].partition(".")
+    assert (tmp_path / "model" / f"{module}.py").is_file()
+    assert name == model.pipeline_class().__name__ == "MoLExAudioClassificationPipeline"
+    assert entry["pt"] == ["AutoModelForAudioClassification"]
