@@ -55,6 +55,18 @@ def test_nearest_signatures_returns_each_rows_nearest_distance_and_index():
     np.testing.assert_allclose(distances, [0.0, 0.0, 0.25])
 
 
+def test_float32_usage_is_measured_in_float64():
+    """The model's usage and the analysis's centroids are float32; the distance is compared with a threshold that
+    was computed in float64, so it must not carry float32 rounding."""
+    rng = np.random.default_rng(0)
+    usages, centroids = rng.uniform(0, 1, (16, 3, 5)).astype(np.float32), rng.uniform(0, 1, (4, 15)).astype(np.float32)
+    distances, nearest = nearest_signatures(usages, centroids, top_k=2)
+    exact = np.abs(usages.astype(np.float64).reshape(16, 1, 15) - centroids.astype(np.float64)).sum(-1) / 12.0
+    assert distances.dtype == np.float64
+    np.testing.assert_array_equal(distances, exact.min(axis=1))
+    np.testing.assert_array_equal(nearest, exact.argmin(axis=1))
+
+
 @pytest.mark.parametrize(
     ("call", "message"),
     [
