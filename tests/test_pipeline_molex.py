@@ -202,3 +202,18 @@ def test_the_saved_config_names_this_pipeline_for_the_hub_loader(model, tmp_path
     assert (tmp_path / "model" / f"{module}.py").is_file()
     assert name == model.pipeline_class().__name__ == "MoLExAudioClassificationPipeline"
     assert entry["pt"] == ["AutoModelForAudioClassification"]
+
+
+def test_errors_from_the_scoring_path_name_the_input(classify, tmp_path):
+    short = speech(0.01, seed=3)
+    path = tmp_path / "short.wav"
+    sf.write(path, short, 16_000, subtype="FLOAT")
+    cases = [
+        (str(path), r"^short\.wav is 0\.010 s long"),
+        (path.read_bytes(), r"^bytes input is 0\.010 s long"),
+        (short, r"^array input is 0\.010 s long"),
+        ({"array": speech(0.5), "sampling_rate": 2_000}, r"^array input: sampling_rate is 2000 Hz"),
+    ]
+    for source, message in cases:
+        with pytest.raises(AudioInputError, match=message):
+            classify(source)
