@@ -366,3 +366,26 @@ def test_the_heatmap_shows_each_routers_usage_per_group(tmp_path, monkeypatch):
     with Image.open(tmp_path / "map.png") as png:
         assert png.info["dpi"] == pytest.approx((120, 120), abs=0.1)
     plt.close(figure)
+
+
+def test_the_written_signatures_give_the_model_the_novelty_the_analysis_reported(tmp_path, monkeypatch):
+    """The fast counterpart of the end-to-end test above: the file the analysis writes fits the model it sits beside
+    and, read back as `score_waveform` reads it, gives each clip the novelty the analysis put in its TSV."""
+    from modeling_molex.novelty import check_signatures, clip_novelty, load_routing_signatures
+
+    fake_analysis(tmp_path, monkeypatch, output_dir=str(tmp_path / "out"))
+    model = MoLExForAudioClassification.from_pretrained(tmp_path / "model")
+    adapter = model.config.adapter
+    signatures = check_signatures(
+        load_routing_signatures(tmp_path / "model" / SIGNATURES_FILE),
+        model.router_names,
+        adapter.num_experts,
+        adapter.top_k,
+        "routing_signatures.json",
+        adapter.expert_packs,
+    )
+    rows = [row.split("\t") for row in (tmp_path / "out" / "routing_signatures_eval.tsv").read_text().splitlines()[1:]]
+    for _, _, _, novelty, signature in rows:
+        usage = np.array([float(value) for value in signature.split()]).reshape(1, 2, 4)
+        result = clip_novelty(usage, signatures, adapter.top_k)
+        assert f"{result.distance:.4f}" == novelty and result.novel == (result.distance > 0.125)
