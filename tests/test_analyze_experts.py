@@ -293,6 +293,10 @@ def test_the_output_folder_defaults_to_analysis_beside_the_model_and_options_rea
     assert (
         results["novelty"]["separation"]["num_unseen"] + results["novelty"]["separation"]["num_known_or_bonafide"] == 5
     )
+    nested = tmp_path / "runs" / "a" / "b"
+    for _ in range(2):  # a folder that does not exist yet, then again into the same folder
+        fake_analysis(tmp_path, monkeypatch, output_dir=str(nested))
+        assert (nested / "expert_analysis.json").exists()
 
 
 def test_attacks_named_known_are_not_counted_as_unseen(tmp_path, monkeypatch):
