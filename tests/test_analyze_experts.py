@@ -334,6 +334,8 @@ def test_the_command_line_passes_its_options_and_prints_the_summary(tmp_path, mo
     argv += ["--known_attacks", "A07", "A08", "--output_dir", "O", "--max_samples", "12"]
     analysis.main(argv)
     assert calls[-1] == ("M", "D", "dev", "eval", "O", "asvspoof2019_la", ["A07", "A08"], 12)
+    analysis.main(["M", "D", "--dataset", "asvspoof5"])
+    assert calls[-1][5] == "asvspoof5"
     with pytest.raises(SystemExit):
         analysis.main(["M", "D", "--dataset", "asvspoof2021"])
 
