@@ -288,3 +288,28 @@ def test_a_model_push_refuses_a_local_path_it_cannot_scrub_before_any_upload(pus
     with pytest.raises(PushError, match=r"refusing to publish local paths \(nothing was pushed\): notes\.txt: /"):
         pushed("me/molex", leak=f"trained in {Path.home()}/runs\n")
     assert pushed.calls == []
+
+
+def test_the_leak_scan_reads_safetensors_headers_every_text_file_and_the_extra_roots(tmp_path, monkeypatch):
+    import torch
+    from safetensors.torch import save_file
+
+    home = tmp_path / "home"
+    (home / "me").mkdir(parents=True)
+    linked_home = tmp_path / "linked_home"
+    linked_home.symlink_to(home, target_is_directory=True)
+    monkeypatch.setattr(hub_upload.os.path, "expanduser", lambda path: str(linked_home / "me"))
+    monkeypatch.setattr(hub_upload.tempfile, "gettempdir", lambda: "/nonexistent-temp")  # tmp_path is under /tmp
+    folder = tmp_path / "model"
+    folder.mkdir()
+    # a local path in the metadata of a safetensors header (not in any text file)
+    save_file({"w": torch.zeros(2)}, folder / "a.safetensors", metadata={"source": f"{home}/me/run/weights"})
+    (folder / "b.bin").write_bytes(b"binary, skipped")  # sorted before a leaking text file: the scan goes on
+    (folder / "c.json").write_text(json.dumps({"data": "/srv/corpus/flac_T"}))
+    leaks = hub_upload.local_path_leaks(folder, extra_roots=["/srv/corpus/"])  # an extra root with a trailing /
+    # home seen through its resolved spelling too, the JSON through the extra root
+    assert f"a.safetensors: {home}/me/" in leaks and "c.json: /srv/corpus/" in leaks
+    assert not any(leak.startswith("b.bin") for leak in leaks)
+    with pytest.raises(PushError, match="c.json: /srv/corpus/"):
+        hub_upload.check_no_local_paths(folder, extra_roots=["/srv/corpus"])
+    assert hub_upload.local_path_leaks(folder) == [f"a.safetensors: {home}/me/"]  # without the extra root
