@@ -46,23 +46,23 @@ MAIN_ENCODER = Path(__file__).resolve().parent.parent / "training" / "encoders" 
 WHISPER_SIX = ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"]
 
 
+def whisper_shape(width: int, blocks: int, heads: int) -> WhisperConfig:
+    """A random Whisper of a released size (feed-forward 4x the width; a one-block decoder, which scoring never runs)."""
+    return WhisperConfig(
+        d_model=width, encoder_layers=blocks, encoder_attention_heads=heads, encoder_ffn_dim=4 * width,
+        num_mel_bins=80, decoder_layers=1, decoder_attention_heads=heads, decoder_ffn_dim=4 * width,
+    )  # fmt: skip
+
+
 def backbone_and_crop(name: str):
     if name == "main":
-        tiny_en = WhisperConfig(
-            d_model=384, encoder_layers=4, encoder_attention_heads=6, encoder_ffn_dim=1536, num_mel_bins=80,
-            decoder_layers=1, decoder_attention_heads=6, decoder_ffn_dim=1536,
-        )  # fmt: skip
-        return tiny_en, 32_000, WHISPER_SIX
+        return whisper_shape(width=384, blocks=4, heads=6), 32_000, WHISPER_SIX  # tiny.en
     if name == "ssl-tiny":
         config = AutoConfig.from_pretrained(MAIN_ENCODER)
         config.layerdrop, config.apply_spec_augment = 0.0, False
         return config, 32_000, SIX_PROJECTIONS
     if name == "whisper-base":
-        whisper = WhisperConfig(
-            d_model=512, encoder_layers=6, encoder_attention_heads=8, encoder_ffn_dim=2048, num_mel_bins=80,
-            decoder_layers=1, decoder_attention_heads=8, decoder_ffn_dim=2048,
-        )  # fmt: skip
-        return whisper, 64_600, WHISPER_SIX
+        return whisper_shape(width=512, blocks=6, heads=8), 64_600, WHISPER_SIX  # base
     if name == "wav2vec2-base":
         return Wav2Vec2Config(mask_time_prob=0.0, layerdrop=0.0), 64_600, SIX_PROJECTIONS
     raise ValueError(f"unknown model {name!r}: main, ssl-tiny, whisper-base or wav2vec2-base")

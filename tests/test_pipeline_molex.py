@@ -9,29 +9,16 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from conftest import randomize_experts, tiny_backbone_config
+from test_score_waveform import build_model, speech
 from transformers import pipeline
 
-from modeling_molex import MoLExAdapterConfig, MoLExConfig, MoLExForAudioClassification
+from modeling_molex import MoLExForAudioClassification
 from modeling_molex.audio_io import AudioInputError
-
-
-CROP = 4_000  # windows of 0.25 s keep the tests fast
 
 
 @pytest.fixture(scope="module")
 def model() -> MoLExForAudioClassification:
-    torch.manual_seed(0)
-    config = MoLExConfig(
-        backbone_config=tiny_backbone_config("wav2vec2"),
-        adapter=MoLExAdapterConfig(num_experts=4, top_k=2, r=4),
-        crop_samples=CROP,
-    )
-    model = MoLExForAudioClassification(config).eval()
-    randomize_experts(model, std=0.5, seed=1)
-    with torch.no_grad():
-        model.classifier.out_proj.weight.mul_(100.0)  # spread the scores so that differences show
-    return model
+    return build_model()
 
 
 @pytest.fixture(scope="module")
@@ -42,13 +29,6 @@ def classify(model):
         feature_extractor=model.feature_extractor(),
         pipeline_class=model.pipeline_class(),
     )
-
-
-def speech(seconds: float, rate: int = 16_000, seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    t = np.arange(int(seconds * rate)) / rate
-    wave = 0.3 * np.sin(2 * np.pi * 180 * t * (1 + 0.2 * np.sin(t))) + 0.05 * rng.standard_normal(t.size)
-    return wave.astype(np.float32)
 
 
 def probabilities(rows: list[dict]) -> dict[str, float]:

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from conftest import randomize_experts, tiny_backbone_config
+from test_score_waveform import CROP, build_model
 
-from modeling_molex import MoLExAdapterConfig, MoLExConfig, MoLExForAudioClassification, scoring
+from modeling_molex import MoLExForAudioClassification, scoring
 from modeling_molex import audio_io as scoring_audio_io
 from modeling_molex.audio_io import AudioInputError
 from modeling_molex.finite_checks import NonFiniteScoreError
@@ -30,22 +30,6 @@ from modeling_molex.scoring import (
 
 
 RATE = 16_000
-CROP = 4_000
-
-
-def build_model(calibration=None) -> MoLExForAudioClassification:
-    torch.manual_seed(0)
-    config = MoLExConfig(
-        backbone_config=tiny_backbone_config("wav2vec2"),
-        adapter=MoLExAdapterConfig(num_experts=4, top_k=2, r=4),
-        crop_samples=CROP,
-        calibration=calibration,
-    )
-    model = MoLExForAudioClassification(config).eval()
-    randomize_experts(model, std=0.5, seed=1)
-    with torch.no_grad():
-        model.classifier.out_proj.weight.mul_(100.0)
-    return model
 
 
 @pytest.fixture(scope="module")
