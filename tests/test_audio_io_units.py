@@ -5,6 +5,7 @@ test_score_waveform.py and test_score_numbers.py."""
 
 import logging
 import math
+import tracemalloc
 
 import numpy as np
 import pytest
@@ -84,6 +85,31 @@ def test_int64_pcm_is_scaled_in_float64():
     assert wave.dtype == np.float32 and wave.tolist() == [-1.0, 0.5, 0.25]
 
 
+def test_64_bit_pcm_is_offset_in_float64_so_samples_near_the_midpoint_keep_their_value():
+    # float32 near 2**63 is spaced 2**40 apart: offsetting there would turn both quiet samples into 0.0
+    wave = as_float_samples(np.array([2**63 + 2**20, 2**63 - 2**30, 0, 2**63], dtype=np.uint64))
+    assert wave.dtype == np.float32 and wave.tolist() == [2.0**-43, -(2.0**-33), -1.0, 0.0]
+
+
+def peak_bytes(function, *args) -> int:
+    """Peak of the memory numpy allocates while `function(*args)` runs (tracemalloc traces numpy's buffers)."""
+    tracemalloc.start()
+    try:
+        function(*args)
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+@pytest.mark.parametrize(("dtype", "float32_arrays"), [(np.int16, 1), (np.uint16, 1), (np.int32, 2), (np.uint32, 2)])
+def test_integer_pcm_up_to_32_bits_is_scaled_in_one_float32_array(dtype, float32_arrays):
+    # an hour at 16 kHz is 230 MB as float32: a float64 pass or a second copy would add 230 to 690 MB. int16 needs
+    # only the result; wider types one float32 temporary more (the |x| of the int16-range check).
+    samples = 1 << 20
+    wave = np.random.default_rng(0).integers(np.iinfo(dtype).min, np.iinfo(dtype).max, samples, dtype=dtype)
+    assert peak_bytes(as_float_samples, wave) < (float32_arrays + 0.25) * 4 * samples
+
+
 def test_wide_integers_holding_int16_values_warn_by_how_much_quieter_they_are(caplog):
     with caplog.at_level(logging.WARNING, logger="modeling_molex.audio_io"):
         wave = as_float_samples(np.array([-32768, 0, 32767], dtype=np.int32), "take.wav")
@@ -98,6 +124,24 @@ def test_wide_integers_holding_int16_values_warn_by_how_much_quieter_they_are(ca
         as_float_samples(np.array([-32769, 0], dtype=np.int32))  # leaves the int16 range: real 32-bit audio
         as_float_samples(np.array([-32768, 32767], dtype=np.int16))  # int16 itself
     assert not caplog.records
+
+
+def test_errors_and_warnings_about_samples_name_the_input_and_default_to_wave(caplog):
+    with pytest.raises(AudioInputError, match=r"^clip\.wav: expected float or integer PCM samples, got dtype bool$"):
+        as_channels_first(np.array([True, False]), "clip.wav")
+    with caplog.at_level(logging.WARNING, logger="modeling_molex.audio_io"):
+        as_channels_first(np.array([-32768, 0, 32767], dtype=np.int32), "take.wav")
+    [record] = caplog.records
+    assert record.getMessage().startswith("take.wav: the int32 samples never leave the int16 range")
+    unnamed = [
+        (as_float_samples, (np.array([True]),), "expected float or integer PCM samples"),
+        (as_channels_first, (np.zeros(0, np.float32),), "holds no audio samples"),
+        (refuse_non_finite, (np.array([[np.nan]]),), "1 samples are NaN or infinite"),
+        (resample, (noise(10), 0, 16_000), "sampling_rate must be a positive integer"),
+    ]
+    for function, args, message in unnamed:
+        with pytest.raises(AudioInputError, match=rf"^wave: {message}"):
+            function(*args)
 
 
 # ----- shapes and finite samples ------------------------------------------------------------------------------------
@@ -218,6 +262,22 @@ def test_centred_sums_are_exact_on_a_large_dc_offset_across_chunks():
     np.testing.assert_allclose(deviations, exact, rtol=1e-9)
 
 
+def test_centred_sums_are_over_the_last_axis_of_any_shape():
+    mono = noise(100, seed=7).astype(np.float64)
+    for chunk in (1, 30, 1 << 20):
+        mean, deviations = centred_sums(mono, chunk=chunk)
+        assert mean.shape == deviations.shape == ()
+        assert mean == pytest.approx(mono.mean(), rel=1e-12)
+        assert deviations == pytest.approx(((mono - mono.mean()) ** 2).sum(), rel=1e-12)
+    batch = noise(2, 3, 50, seed=8).astype(np.float64)
+    mean, deviations = centred_sums(batch, chunk=7)
+    assert mean.shape == deviations.shape == (2, 3)
+    np.testing.assert_allclose(mean, batch.mean(axis=-1), rtol=1e-12)
+    np.testing.assert_allclose(
+        deviations, ((batch - batch.mean(axis=-1, keepdims=True)) ** 2).sum(axis=-1), rtol=1e-12
+    )
+
+
 # ----- resampling ---------------------------------------------------------------------------------------------------
 
 
@@ -232,6 +292,11 @@ def test_other_rates_are_resampled_with_soxr_high_quality():
     np.testing.assert_array_equal(out, soxr.resample(wave, 8_000, 16_000, quality="HQ"))
     assert out.size == 16_000
     np.testing.assert_array_equal(resample(wave, np.int64(8_000), 22_050), soxr.resample(wave, 8_000, 22_050, "HQ"))
+
+
+def test_any_positive_integer_rate_is_resampled_down_to_1_hz():
+    wave = noise(40, seed=9).astype(np.float64)
+    np.testing.assert_array_equal(resample(wave, 1, 2), soxr.resample(wave, 1, 2, quality="HQ"))
 
 
 @pytest.mark.parametrize("rate", [0, -8_000, 8_000.0, "8000"])

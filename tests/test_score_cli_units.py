@@ -122,7 +122,8 @@ def test_help_shows_the_module_text_and_every_option_with_its_default(capsys, mo
     for phrase in (
         "--model MODEL MoLEx model folder or Hub repo id",
         "--output OUTPUT TSV to write (default: scores.tsv)",
-        "windows per forward pass; files are grouped until a group holds this many (default: 8)",
+        "--batch_size BATCH_SIZE windows per forward pass; files are grouped until a group holds this many "
+        "(default: 8) --device",
         "torch device: auto (CUDA when there is a GPU, one per process under a launcher, else CPU), cpu, cuda, "
         "cuda:1, ... (default: auto)",
         "refuse (into the errors file) a file longer than this: the length is read from the container before "

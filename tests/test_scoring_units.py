@@ -344,6 +344,24 @@ def test_the_signatures_cache_is_per_model_layout(saved):
         other.routing_signatures()
 
 
+def test_signatures_are_checked_against_the_models_expert_packs(saved):
+    usage = {"known": {"A07": [0.5] * 8}, "threshold": 0.3, "top_k": 2}
+    path = saved / "routing_signatures.json"
+    path.write_text(json.dumps({**usage, "expert_packs": {"other": 4}}))  # as many values, other experts
+    reloaded = MoLExForAudioClassification.from_pretrained(saved)
+    with pytest.raises(
+        ValueError,
+        match=rf"^{re.escape(str(path))}: `expert_packs` {{'other': 4}} are not the first packs of this model "
+        r"\({'base': 4}\); these signatures were derived for other experts$",
+    ):
+        reloaded.routing_signatures()
+    path.write_text(json.dumps({**usage, "expert_packs": {"base": 4}}))
+    reloaded.add_experts(2, "new")  # signatures of the first pack, extended with zero columns for the new one
+    signatures = reloaded.routing_signatures()
+    assert signatures.expert_packs == {"base": 4, "new": 2} and signatures.extended_experts == ("expert_4", "expert_5")
+    np.testing.assert_array_equal(signatures.known["A07"], [0.5] * 4 + [0.0] * 2 + [0.5] * 4 + [0.0] * 2)
+
+
 def test_a_model_from_nowhere_looks_nothing_up_and_a_hub_model_finds_its_file(model, saved, monkeypatch):
     import transformers.utils
 
