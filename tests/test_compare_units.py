@@ -312,6 +312,42 @@ def test_trainable_parameters_count_what_the_row_trains(tmp_path):
     assert compare.trainable_parameters(config) == sum(p.numel() for m in back_end for p in m.parameters())
 
 
+@pytest.fixture
+def fresh_accelerate_state():
+    """accelerate keeps one device / precision state per process; start and leave this test with none."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+
+
+@pytest.mark.parametrize(
+    "options, precision, device",
+    [(["--mixed_precision", "bf16"], "bf16", "meta"), (["--cpu", "True"], "no", "cpu")],
+    ids=["bf16-on-the-gpu", "forced-cpu"],
+)
+def test_counting_a_rows_parameters_leaves_the_run_its_own_precision_and_device(
+    tmp_path, monkeypatch, fresh_accelerate_state, options, precision, device
+):
+    """`run_neural` counts the parameters, then `train.main` builds its Accelerator in the same process. accelerate's
+    state is per process, so the count must ask for the run's own settings: a `cpu=True` there refused every bf16 /
+    fp16 row ("AcceleratorState has already been initialized") and pinned every row to the CPU on a GPU machine
+    (the GPU stood in for by the `meta` device, which accelerate picks by default here)."""
+    import torch
+    from accelerate import Accelerator
+    from accelerate.state import PartialState
+
+    monkeypatch.setattr(PartialState, "default_device", property(lambda state: torch.device("meta")))
+    argv = ["--backbone", "tiny-random", "--data_root", str(tmp_path), "--output_dir", str(tmp_path)]
+    config = compare.parse_train_config([*argv, *options, "--head_hidden_size", "8"])
+    assert compare.trainable_parameters(config) > 0
+    run = Accelerator(cpu=config.cpu, mixed_precision=config.mixed_precision)  # as `setup_run` builds it
+    assert run.mixed_precision == precision and run.device.type == device
+
+
 def test_the_linear_probe_row_fits_on_train_and_scores_dev_and_eval_by_utterance(tmp_path, monkeypatch):
     data = {
         "train": {"utt_id": ["t1", "t2", "t3"], "attack": ["bonafide", "A01", "A02"], "label": [1, 0, 0]},
