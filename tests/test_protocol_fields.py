@@ -7,6 +7,7 @@ import logging
 import pytest
 from audio_fixtures import write_asvspoof2019_la, write_clip, write_in_the_wild, write_lines
 
+from training.data import protocols
 from training.data.loaders import ProtocolError, load_asvspoof2019_la, load_csv_dataset, load_in_the_wild
 from training.data.protocols import (
     ASVSPOOF5_COLUMNS,
@@ -57,10 +58,33 @@ def test_csv_optional_columns_are_read_and_default_when_empty(tmp_path):
 
 
 def test_csv_columns_it_does_not_know_are_logged_once_naming_the_file(tmp_path, caplog):
-    path = write_lines(tmp_path / "list.csv", ["path,label,notes,score", "a.wav,1,x,1", "b.wav,0,y,2", "c.wav,0,z,3"])
+    lines = ["path,label,split,notes,score", "a.wav,1,train,x,1", "b.wav,0,dev,y,2", "c.wav,0,,z,3"]
+    path = write_lines(tmp_path / "list.csv", lines)
     with caplog.at_level(logging.INFO, logger="training.data.protocols"):
-        read_label_csv(path)
+        rows = read_label_csv(path)
+    # `split` is read (it splits the rows), so the log must not call it ignored
     assert [r.getMessage() for r in caplog.records] == [f"{path}: ignoring the column(s) ['notes', 'score']"]
+    assert [row["split"] for row in rows] == ["train", "dev", ""]
+
+
+def test_csv_rows_without_a_split_column_carry_an_empty_split(tmp_path):
+    rows = read_label_csv(write_lines(tmp_path / "list.csv", ["path,label", "a.wav,1", "b.wav,0"]))
+    assert [row["split"] for row in rows] == ["", ""]  # the documented value, a string like every other field
+
+
+def _open_in_a_latin1_locale(file, mode="r", buffering=-1, encoding=None, **options):
+    """`open` as on a machine whose locale encoding is not UTF-8 (Windows' cp1252): latin-1 is the default."""
+    return open(file, mode, buffering, encoding or "latin-1", **options)
+
+
+def test_protocols_are_read_as_utf8_whatever_the_locale(tmp_path, monkeypatch):
+    """A path or a speaker name with a non-ASCII letter reads the same on every machine (not "ZoÃ«")."""
+    monkeypatch.setattr(protocols, "open", _open_in_a_latin1_locale, raising=False)
+    (tmp_path / "list.csv").write_text("path,label,speaker\nZoë/a.wav,1,Zoë Wanamaker\n", encoding="utf-8")
+    rows = read_label_csv(tmp_path / "list.csv")
+    assert (rows[0]["audio"], rows[0]["speaker"]) == ("Zoë/a.wav", "Zoë Wanamaker")
+    (tmp_path / LA_TRAIN).write_text("Zoë LA_T_1 - - bonafide\n", encoding="utf-8")
+    assert read_asvspoof2019_protocol(tmp_path / LA_TRAIN)[0]["speaker"] == "Zoë"
 
 
 @pytest.mark.parametrize(
@@ -131,3 +155,20 @@ def test_path_refusals_are_worded_as_documented(tmp_path):
         resolve_audio_paths(_rows(("a.flac", 0), ("./a.flac", 0)), tmp_path / "p.tsv", root, absolute_ok=False)
     with pytest.raises(ProtocolError, match=r"as 'u0'\) with the opposite label; each file may appear once$"):
         resolve_audio_paths(_rows(("a.flac", 0), ("./a.flac", 1)), tmp_path / "p.tsv", root, absolute_ok=False)
+
+
+@pytest.mark.parametrize("folder", ["flac_T ", "flac_T\t"], ids=["trailing-space", "trailing-tab"])
+def test_an_audio_folder_whose_name_ends_in_whitespace_keeps_its_files(tmp_path, folder):
+    """Only the path separator is stripped from the root: a folder named "flac_T " is a folder of its own."""
+    root = str(tmp_path / folder)
+    rows = _rows(("a.flac", 0), ("sub/b.flac", 1))
+    resolve_audio_paths(rows, tmp_path / "p.tsv", root, absolute_ok=False)
+    assert [row["audio"] for row in rows] == [f"{root}/a.flac", f"{root}/sub/b.flac"]
+    with pytest.raises(ProtocolError, match="outside the split's audio folder"):  # its sibling "flac_T" is outside
+        resolve_audio_paths(_rows(("../flac_T/a.flac", 0)), tmp_path / "p.tsv", root, absolute_ok=False)
+
+
+def test_audio_under_the_filesystem_root_is_inside_it():
+    rows = _rows(("a.flac", 0))
+    resolve_audio_paths(rows, "p.tsv", "/", absolute_ok=False)
+    assert rows[0]["audio"] == "/a.flac"

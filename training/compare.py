@@ -83,8 +83,10 @@ def _argv(overrides: dict) -> list[str]:
 
 
 def trainable_parameters(config: TrainConfig) -> int:
-    """Built the way training builds it (same config), then counted: what the row really trains."""
-    model = build_model(config, Accelerator(cpu=True))
+    """Built the way training builds it (same config), then counted: what the row really trains. accelerate keeps
+    one device / precision state per process and `train.main` runs next in this one, so the Accelerator asks for the
+    run's own `cpu` and `mixed_precision` (a `cpu=True` here refused bf16 / fp16 rows and put GPU rows on the CPU)."""
+    model = build_model(config, Accelerator(cpu=config.cpu, mixed_precision=config.mixed_precision))
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
