@@ -69,6 +69,11 @@ class MoLExConfig(PretrainedConfig):
             Zero-mean/unit-variance normalisation per clip in the feature extractor (as the backbone was trained).
             Defaults to `True` for the SSL families and `False` for Whisper, whose log-mel front end (inside the
             model) sets the level itself and was trained on unnormalised audio.
+        log_mel_level (`float`, *optional*):
+            Whisper only: each clip's log-mel (log10 power) is shifted so that its maximum is this value, in
+            [-10, 10], before Whisper's clamp at max - 8, so that a clip scores the same at any gain (without it the
+            score follows the input's level). None (the default): Whisper's own front end, equal to
+            `WhisperFeatureExtractor`. The SSL families normalise the waveform instead (`normalize_audio`).
         initializer_range (`float`, defaults to 0.02):
             Std of the normal init of routers and head, in [0, 1].
     """
@@ -93,6 +98,7 @@ class MoLExConfig(PretrainedConfig):
         crop_samples: int = 64_600,
         sampling_rate: int = 16000,
         normalize_audio: bool | None = None,
+        log_mel_level: float | None = None,
         initializer_range: float = 0.02,
         **kwargs: Any,
     ):
@@ -112,6 +118,7 @@ class MoLExConfig(PretrainedConfig):
         self.crop_samples = crop_samples
         self.sampling_rate = sampling_rate
         self.normalize_audio = not is_whisper(self.backbone_config) if normalize_audio is None else normalize_audio
+        self.log_mel_level = log_mel_level
         self.initializer_range = initializer_range
         kwargs["id2label"] = dict(ID2LABEL)
         kwargs["label2id"] = {label: index for index, label in ID2LABEL.items()}
@@ -137,6 +144,11 @@ class MoLExConfig(PretrainedConfig):
         int_in_range("crop_samples", self.crop_samples, minimum_input_samples(self.backbone_config), longest)
         finite_number("head_dropout", self.head_dropout, 0.0, 1.0, high_open=True)
         finite_number("initializer_range", self.initializer_range, 0.0, 1.0)
+        if self.log_mel_level is not None:
+            if not is_whisper(self.backbone_config):
+                raise ValueError("`log_mel_level` applies to Whisper's log-mel front end only; the SSL families use "
+                                 "`normalize_audio`")  # fmt: skip
+            finite_number("log_mel_level", self.log_mel_level, -10.0, 10.0)
         if self.class_weights is not None:
             if len(self.class_weights) != 2:
                 raise ValueError(f"`class_weights` must be two numbers [spoof, bonafide], got {self.class_weights}")

@@ -101,6 +101,8 @@ class MoLExForAudioClassification(WaveformScoringMixin, MoLExExpertsMixin, MoLEx
             self.backbone = _pretrained_backbone
         else:
             self.backbone = build_backbone(config.backbone_config)
+        if config.log_mel_level is not None:  # Whisper only (the config refuses it otherwise)
+            self.backbone.log_mel.level = float(config.log_mel_level)
         inject_experts(self.backbone, config.adapter)
         make_padding_invariant(self.backbone)  # a clip scores the same alone and padded in a batch
         hidden_size = config.backbone_config.hidden_size

@@ -20,6 +20,10 @@ extractor does (tested in tests/test_whisper_backbone.py):
 - encoder outputs on the crop's 100 frames differ: every block attends to the 1,400 frames of padding as well
   (and the convolutions see different neighbours at the boundary). They are similar, not equal.
 
+Level: Whisper's log-mel follows the input's gain (a gain g adds 2 log10 g to every value), and so do the scores.
+With `MoLExConfig.log_mel_level` set, each clip's log-mel is shifted so that its maximum is that value before the
+clamp at max - 8; the model then scores a clip the same at any gain (down to where the 1e-10 floor is reached).
+
 Batches: with an `attention_mask` (0/1 right padding, in samples) each clip is processed as if alone: its centre
 padding reflects its own samples, the max of the clamp is taken over its own frames, log-mel and conv1 outputs past
 its end are zeroed (what the convolutions' zero padding gives the clip alone), and padded encoder frames are masked
@@ -86,9 +90,10 @@ class WhisperLogMelSpectrogram(nn.Module):
     The window and mel bank are deterministic non-persistent buffers (nothing is stored in checkpoints);
     `reset_buffers` rebuilds them after transformers' meta-device loading, which leaves such buffers empty."""
 
-    def __init__(self, num_mel_bins: int):
+    def __init__(self, num_mel_bins: int, level: float | None = None):
         super().__init__()
         self.num_mel_bins = num_mel_bins
+        self.level = level  # `MoLExConfig.log_mel_level`: None = Whisper's own front end
         self.register_buffer("window", torch.hann_window(N_FFT), persistent=False)  # periodic, as the extractor's
         self.register_buffer("mel_filters", whisper_mel_filters(num_mel_bins), persistent=False)
 
@@ -116,6 +121,8 @@ class WhisperLogMelSpectrogram(nn.Module):
         frame_mask = _prefix_mask(mel_frame_counts(lengths), log_mel.shape[-1])  # (B, M)
         valid = frame_mask.unsqueeze(1)  # (B, 1, M)
         clip_max = log_mel.masked_fill(~valid, float("-inf")).amax(dim=(1, 2), keepdim=True)  # (B, 1, 1)
+        if self.level is not None:  # a gain g adds 2 log10 g everywhere: bring each clip's max to the same level
+            log_mel, clip_max = log_mel - clip_max + self.level, torch.full_like(clip_max, self.level)
         log_mel = (torch.maximum(log_mel, clip_max - DYNAMIC_RANGE) + 4.0) / 4.0
         return log_mel.masked_fill(~valid, 0.0), frame_mask
 

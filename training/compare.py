@@ -37,7 +37,7 @@ from training.trainer.config import TrainConfig, load_yaml_config, parse_train_c
 from training.trainer.run_setup import build_model, load_corpus
 
 
-# The paper's rows route as the paper does, whatever the config adds (configs/tiny.yaml uses expert dropout).
+# The paper's rows route as the paper does, whatever the config sets (a user's config may add expert dropout).
 PAPER_ROUTING = {"router_expert_dropout": 0.0, "router_noise_std": 0.0, "load_balance_coef": 0.01}
 ROWS = {
     "mfcc_lr": ("MFCC + LR", None),

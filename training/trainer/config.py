@@ -69,6 +69,9 @@ class TrainConfig:
     head_hidden_size: int = _help("Hidden size of the classification MLP.", 128)
     head_dropout: float = _help("Dropout in the classification MLP.", 0.1)
     class_weights: list[float] | None = _help("Cross-entropy weights [spoof, bonafide]; none when unset.", None)
+    log_mel_level: float | None = _help(
+        "Whisper only: each clip's log-mel maximum is brought to this level (log10), so scores ignore the gain.", None
+    )
     backbone_dropout: float | None = _help(
         "Override every dropout probability inside the frozen backbone (hidden, attention, activation, feature "
         "projection); unset keeps the backbone's own. 0 makes training deterministic given the data.",

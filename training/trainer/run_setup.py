@@ -104,6 +104,7 @@ def build_model(config: TrainConfig, accelerator: Accelerator) -> MoLExForAudioC
             head_hidden_size=config.head_hidden_size,
             head_dropout=config.head_dropout,
             class_weights=config.class_weights,
+            log_mel_level=config.log_mel_level,
             backbone_kwargs=backbone_dropout_overrides(backbone, config.backbone_dropout),
         )
         published = published_backbone_name(config.backbone)
