@@ -27,7 +27,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 SCRATCH = REPO / ".mutation"
-COPIED = ["modeling_molex", "training", "tests", "space_app", "configs", "pyproject.toml"]  # demo tests import space_app
+# the demo's tests import space_app; the SSL pre-training tests read configs/
+COPIED = ["modeling_molex", "training", "tests", "space_app", "configs", "pyproject.toml"]
 
 # Core file -> the tests that pin its behaviour (most valuable first). Keep each list fast: every surviving mutant
 # of a function runs all the listed tests that reach that function.
