@@ -281,13 +281,16 @@ def test_build_pool_refuses_a_built_pool_and_replaces_a_folder_without_one(tmp_p
 def test_build_pool_keeps_only_the_first_ten_failures_as_examples(tmp_path, monkeypatch):
     corpus = _write_corpus(tmp_path / "corpus")
     tasks = [{"name": f"P_{n:06d}"} for n in range(12)]
-    monkeypatch.setattr(ssl_pool, "plan_extra_clips", lambda *args: tasks)
+    plans = []
+    monkeypatch.setattr(ssl_pool, "plan_extra_clips", lambda *args: plans.append(args) or tasks)
     monkeypatch.setattr(ssl_pool, "_render", lambda task: {"error": f"{task['name']}: failed"})
-    summary = ssl_pool.build_pool(tmp_path / "pool", corpus, False, True, 1, 0.0, seed=0)
+    summary = ssl_pool.build_pool(tmp_path / "pool", corpus, True, True, 3, 0.25, seed=5)
+    # extra_bonafide, spoofs_per_attack, use_spoofs, coded_fraction, seed: each option reaches the plan
+    assert plans == [(True, 3, True, 0.25, 5)]
     assert summary["not_rendered"] == 12 and summary["not_rendered_examples"] == [
         f"P_{n:06d}: failed" for n in range(10)
     ]
-    assert summary["clips"] == 2 and tasks[0]["out_dir"] == str(tmp_path / ".pool.staging" / "flac")
+    assert summary["clips"] == 3 and tasks[0]["out_dir"] == str(tmp_path / ".pool.staging" / "flac")
 
 
 def test_the_manifest_round_trips_resolving_relative_files_against_the_pool(tmp_path):
