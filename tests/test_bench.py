@@ -115,6 +115,7 @@ def test_bench_long_audio_scores_each_length_in_its_own_process_and_sweeps_batch
     assert "| 0.1 | 2 |" in capsys.readouterr().out
 
 
+@pytest.mark.slow  # one subprocess per stream length (~8 s): keeps `-m "not slow"` under a minute
 def test_bench_streaming_times_windows_and_measures_each_length_in_its_own_process(capsys):
     from bench import bench_streaming
 
