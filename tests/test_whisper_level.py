@@ -99,3 +99,16 @@ def test_training_passes_the_level_to_the_model(tmp_path, tiny_backbone_dirs):
     argv += ["--num_experts", "2", "--top_k", "1", "--rank", "2", "--log_mel_level", "0.5"]
     model = build_model(parse_train_config(argv), Accelerator(cpu=True))
     assert model.config.log_mel_level == 0.5 and model.backbone.log_mel.level == 0.5
+
+
+def test_one_config_serves_an_ssl_backbone_too_the_level_is_dropped_with_a_warning(
+    tmp_path, tiny_backbone_dirs, caplog
+):
+    """configs/tiny.yaml sets the level for Whisper; `main_job --pretrain` and `--backbone` reuse it on SSL encoders."""
+    argv = ["--data_root", "/x", "--output_dir", str(tmp_path), "--backbone", tiny_backbone_dirs["wav2vec2"]]
+    argv += ["--num_experts", "2", "--top_k", "1", "--rank", "2", "--log_mel_level", "0.5"]
+    with caplog.at_level("WARNING", logger="training.trainer.run_setup"):
+        model = build_model(parse_train_config(argv), Accelerator(cpu=True))
+    assert model.config.log_mel_level is None and model.config.normalize_audio is True
+    assert "`log_mel_level` (0.5) applies to Whisper backbones only; not used for" in caplog.text
+    assert "(wav2vec2)" in caplog.text

@@ -1,5 +1,6 @@
 """The pieces a training run is assembled from: corpus, model, data loaders and optimizer, from a `TrainConfig`."""
 
+import logging
 from pathlib import Path
 
 import torch
@@ -22,6 +23,9 @@ from training.encoders.named_backbones import (
 )
 from training.trainer.config import TrainConfig
 from training.trainer.distributed import share_folder
+
+
+logger = logging.getLogger(__name__)
 
 
 # MoLExAdapterConfig field -> TrainConfig field (the training config flattens the adapter's fields).
@@ -86,6 +90,20 @@ def subsample(dataset: Dataset, limit: int | None, seed: int) -> Dataset:
     return dataset.shuffle(seed=seed).select(range(limit)).sort("utt_id")
 
 
+def whisper_only_level(level: float | None, backbone: str) -> float | None:
+    """`log_mel_level` for this backbone: one config (configs/tiny.yaml) also trains SSL encoders (`main_job
+    --pretrain`, `--backbone`), whose models refuse a log-mel level; there it is dropped, with a warning."""
+    if level is None:
+        return None
+    model_type = AutoConfig.from_pretrained(backbone).model_type
+    if model_type == "whisper":
+        return level
+    logger.warning(
+        f"`log_mel_level` ({level}) applies to Whisper backbones only; not used for {backbone} ({model_type})"
+    )
+    return None
+
+
 def build_model(config: TrainConfig, accelerator: Accelerator) -> MoLExForAudioClassification:
     if config.init_from:
         model = MoLExForAudioClassification.from_pretrained(config.init_from)
@@ -96,6 +114,7 @@ def build_model(config: TrainConfig, accelerator: Accelerator) -> MoLExForAudioC
         if backbone in NAMED_BACKBONES:
             backbone = prepare_named_backbone(backbone, config, accelerator)
         adapter = MoLExAdapterConfig(**{field: getattr(config, name) for field, name in ADAPTER_FIELDS.items()})
+        log_mel_level = whisper_only_level(config.log_mel_level, backbone)
         torch.manual_seed(config.seed)
         model = MoLExForAudioClassification.from_backbone(
             backbone,
@@ -104,7 +123,7 @@ def build_model(config: TrainConfig, accelerator: Accelerator) -> MoLExForAudioC
             head_hidden_size=config.head_hidden_size,
             head_dropout=config.head_dropout,
             class_weights=config.class_weights,
-            log_mel_level=config.log_mel_level,
+            log_mel_level=log_mel_level,
             backbone_kwargs=backbone_dropout_overrides(backbone, config.backbone_dropout),
         )
         published = published_backbone_name(config.backbone)
