@@ -90,10 +90,10 @@ class WhisperLogMelSpectrogram(nn.Module):
     The window and mel bank are deterministic non-persistent buffers (nothing is stored in checkpoints);
     `reset_buffers` rebuilds them after transformers' meta-device loading, which leaves such buffers empty."""
 
-    def __init__(self, num_mel_bins: int, level: float | None = None):
+    def __init__(self, num_mel_bins: int):
         super().__init__()
         self.num_mel_bins = num_mel_bins
-        self.level = level  # `MoLExConfig.log_mel_level`: None = Whisper's own front end
+        self.level: float | None = None  # set from `MoLExConfig.log_mel_level`; None = Whisper's own front end
         self.register_buffer("window", torch.hann_window(N_FFT), persistent=False)  # periodic, as the extractor's
         self.register_buffer("mel_filters", whisper_mel_filters(num_mel_bins), persistent=False)
 

@@ -10,6 +10,7 @@ from torch.utils.data import DataLoader
 from transformers import AutoConfig, get_scheduler
 
 from modeling_molex import MoLExAdapterConfig, MoLExForAudioClassification, TopKRouter
+from modeling_molex.backbones import is_whisper
 from modeling_molex.layers import MoLExLinear
 from modeling_molex.model_inputs import minimum_input_samples
 from training.data.audio import ClipPolicy
@@ -95,11 +96,12 @@ def whisper_only_level(level: float | None, backbone: str) -> float | None:
     --pretrain`, `--backbone`), whose models refuse a log-mel level; there it is dropped, with a warning."""
     if level is None:
         return None
-    model_type = AutoConfig.from_pretrained(backbone).model_type
-    if model_type == "whisper":
+    backbone_config = AutoConfig.from_pretrained(backbone)
+    if is_whisper(backbone_config):
         return level
     logger.warning(
-        f"`log_mel_level` ({level}) applies to Whisper backbones only; not used for {backbone} ({model_type})"
+        f"`log_mel_level` ({level}) applies to Whisper backbones only; not used for {backbone} "
+        f"({backbone_config.model_type})"
     )
     return None
 
